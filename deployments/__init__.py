@@ -1,0 +1,1 @@
+"""deployments: orchestration over the rqsid library (see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""flows: orchestration over the rqsid library (see docs/architecture.md)."""

@@ -1,0 +1,155 @@
+"""One typed configuration for the whole pipeline, loaded from a file and overridable by flags.
+
+Every section has defaults that run on a 2-core laptop; every run logs the whole model.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rqsid import RqsidError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EmbedConfig(_Section):
+    model_path: str | None = Field(None, description="sentence-transformers model folder; None = packaged all-MiniLM-L6-v2")
+    batch_size: int = Field(128, gt=0)
+    max_seq_length: int = Field(128, gt=0, description="tokens kept per item text")
+    max_chars: int = Field(2000, gt=0, description="item text is cut to this many characters before tokenising")
+    normalize: bool = True
+
+
+class QuantizerConfig(_Section):
+    method: Literal["rqvae", "rkmeans"] = "rqvae"
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2, le=65536)
+    latent_dim: int = Field(32, ge=2)
+    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256, 128])
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    lr: float = Field(1e-3, gt=0)
+    commitment_beta: float = Field(0.25, ge=0)
+    kmeans_iters: int = Field(50, ge=1)
+    dead_code_restart: bool = True
+    early_stop_patience: int = Field(20, ge=1)
+    early_stop_min_delta: float = Field(1e-4, ge=0)
+    seed: int = 0
+
+
+class PruneConfig(_Section):
+    level: int = Field(2, ge=1, description="1-based layer whose most frequent tokens are removed")
+    gini_threshold: float = Field(0.5, gt=0, le=1, description="layer-2 Gini that the retained tokens must reach")
+    max_collision_rate: float = Field(0.2, ge=0, le=1, description="bound on the share of items that share a SID before dedup")
+    max_k: int | None = Field(None, ge=0, description="largest K tried; None = all tokens (then the layer is dropped)")
+
+
+class GateConfig(_Section):
+    max_layer2_gini: float = Field(0.5, gt=0, le=1)
+    max_collision_rate: float = Field(0.2, ge=0, le=1)
+    min_utilisation: float = Field(0.05, ge=0, le=1, description="each layer must use at least this share of its codes")
+
+
+class GeneratorConfig(_Section):
+    max_history: int = Field(20, ge=1)
+    d_model: int = Field(128, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_layers: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    user_buckets: int = Field(2000, ge=1)
+    use_query: bool = False
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(10, ge=1)
+    beam_size: int = Field(20, ge=1)
+    max_train_minutes: float = Field(80.0, gt=0)
+    seed: int = 0
+
+
+class DriftConfig(_Section):
+    max_new_share: float = Field(0.1, ge=0, le=1)
+    max_recon_ratio: float = Field(1.5, gt=0, description="new items' reconstruction error / the index's")
+    max_new_layer2_gini: float = Field(0.6, gt=0, le=1)
+
+
+class OrchestrationConfig(_Section):
+    dask_address: str | None = Field(None, description="scheduler address; None = a LocalCluster")
+    dask_workers: int = Field(2, ge=1)
+    partition_rows: int = Field(2000, ge=1)
+    prefect_api_url: str | None = None
+    mlflow_tracking_uri: str | None = None
+
+
+class RqsidConfig(_Section):
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    quantizer: QuantizerConfig = Field(default_factory=QuantizerConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @model_validator(mode="after")
+    def _prune_level_exists(self) -> "RqsidConfig":
+        if self.prune.level > self.quantizer.levels:
+            raise ValueError(f"prune.level={self.prune.level} but the quantizer has {self.quantizer.levels} levels")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys, for logging as parameters."""
+        out: dict[str, Any] = {}
+        for section, values in self.model_dump().items():
+            for key, value in values.items():
+                out[f"{section}.{key}"] = value
+        return out
+
+
+def _read(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix == ".toml":
+        return tomllib.loads(text)
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    section, _, field = key.partition(".")
+    if not field:
+        raise RqsidError(f"override {key!r} must look like section.field=value")
+    data.setdefault(section, {})[field] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RqsidConfig:
+    """Load a config file (.toml, .json, .yaml) and apply dotted overrides like {"quantizer.levels": 4}."""
+    data: dict[str, Any] = _read(Path(path)) if path else {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return RqsidConfig.model_validate(data)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise RqsidError(f"invalid config: {problems}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`section.field=value` from the command line; the value is read as JSON when it parses."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise RqsidError(f"--set {text!r}: expected section.field=value")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value

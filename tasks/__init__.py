@@ -1,0 +1,1 @@
+"""tasks: orchestration over the rqsid library (see docs/architecture.md)."""
