@@ -1,0 +1,70 @@
+"""SidTable: dedup, token ids, parquet round trip, and the public reference indexes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from rqsid import RqsidError
+from rqsid.sids import assign_sids, collision_rate, dedup_tokens, load_reference_index, load_sids, read_sids, write_sids
+
+
+def test_dedup_numbers_colliding_items_in_item_order():
+    codes = np.array([[1, 2], [3, 4], [1, 2], [1, -1], [1, 2], [1, -1], [0, 0]])
+    assert dedup_tokens(codes).tolist() == [0, -1, 1, 0, 2, 1, -1]
+
+
+def test_token_matrix_offsets_skip_pruned_levels_and_end_with_eos():
+    table = assign_sids(["a", "b", "c"], np.array([[1, 2, 3], [1, -1, 3], [1, -1, 3]]), [4, 5, 6])
+    assert table.offsets.tolist() == [0, 4, 9, 15]
+    assert table.dedup_size == 2 and table.eos == 17 and table.vocab_size == 18
+    assert table.token_matrix().tolist() == [[1, 6, 12, 17], [1, 12, 15, 17], [1, 12, 16, 17]]
+    assert table.sid_lengths().tolist() == [4, 4, 4]
+
+
+def test_assign_sids_rejects_bad_input():
+    with pytest.raises(RqsidError, match="outside"):
+        assign_sids(["a", "b"], np.array([[0, 9], [0, 1]]), [4, 4])
+    with pytest.raises(RqsidError, match="duplicate item ids"):
+        assign_sids(["a", "a"], np.array([[0, 1], [0, 2]]), [4, 4])
+    with pytest.raises(RqsidError, match="levels"):
+        assign_sids(["a", "b"], np.array([[0, 1], [0, 2]]), [4, 4, 4])
+
+
+@pytest.fixture(scope="module")
+def beauty_rqvae(beauty_dir):
+    return load_reference_index(beauty_dir / "reference-sids" / "rqvae.index.json", id_offset=1)
+
+
+def test_reference_index_keeps_levels_and_maps_beauty_ids(beauty_dir, beauty_rqvae):
+    raw = json.loads((beauty_dir / "reference-sids" / "rqvae.index.json").read_text())
+    assert len(beauty_rqvae) == 12101 and beauty_rqvae.level_sizes == (256, 256, 256, 256)
+    assert beauty_rqvae.item_ids[0] == "1" and beauty_rqvae.item_ids[-1] == "12101"
+    first = [int(tok.split("_")[1].rstrip(">")) for tok in raw["0"]]
+    assert beauty_rqvae.codes[0].tolist() == first
+    # after our dedup every SID is unique, although the reference's 4 levels still collide
+    assert collision_rate(beauty_rqvae.codes) > 0
+    keys = {tuple(row[row >= 0]) for row in beauty_rqvae.token_matrix()}
+    assert len(keys) == len(beauty_rqvae)
+
+
+def test_parquet_round_trip_keeps_nulls_and_metadata(tmp_path, beauty_rqvae):
+    codes = beauty_rqvae.codes.copy()
+    codes[::3, 1] = -1
+    pruned = beauty_rqvae.with_codes(codes, {"method": "top_k", "k": 3, "removed": {"2": [1, 2, 3]}})
+    path = write_sids(tmp_path / "sids.parquet", pruned)
+    back = read_sids(path)
+    assert back.item_ids.tolist() == pruned.item_ids.tolist()
+    assert np.array_equal(back.codes, pruned.codes) and np.array_equal(back.dedup, pruned.dedup)
+    assert back.level_sizes == pruned.level_sizes and back.pruning == pruned.pruning
+    assert back.removed_codes() == {2: [1, 2, 3]}
+    assert np.array_equal(load_sids(path).token_matrix(), pruned.token_matrix())
+
+
+def test_bad_reference_tokens_name_the_item(tmp_path):
+    path = tmp_path / "x.index.json"
+    path.write_text(json.dumps({"0": ["<a_1>", "<b_2>"], "1": ["<b_1>", "<a_2>"]}))
+    with pytest.raises(RqsidError, match="'1'"):
+        load_reference_index(path)
