@@ -1,0 +1,106 @@
+"""Text embeddings with the real packaged model on a small subset of the real Beauty catalog."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rqsid import RqsidError
+from rqsid.embed import TextEmbedder, embed_catalog, read_embeddings, write_embeddings
+from rqsid.importers import import_beauty
+from rqsid.schema import embeddings_schema
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return TextEmbedder(batch_size=32, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def subset(beauty_dir):
+    catalog, _ = import_beauty(beauty_dir)
+    return catalog.slice(0, N)
+
+
+@pytest.fixture(scope="module")
+def embedded(subset, embedder):
+    return embed_catalog(subset, embedder, progress=False)
+
+
+def test_shape_schema_and_unit_norms(embedded, embedder, subset):
+    assert embedder.dim == 384
+    assert embedded.schema.equals(embeddings_schema(384))
+    assert embedded.column("item_id").to_pylist() == subset.column("item_id").to_pylist()
+    X = embedded.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
+    assert X.dtype == np.float32 and X.shape == (N, 384)
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+
+
+def test_deterministic_and_order_independent(embedder, subset):
+    from rqsid.catalog import item_text
+
+    texts = item_text(subset)[:24]
+    a = embedder.embed(texts, progress=False)
+    b = embedder.embed(texts, progress=False)
+    np.testing.assert_array_equal(a, b)
+    reversed_ = embedder.embed(texts[::-1], progress=False)[::-1]
+    np.testing.assert_allclose(a, reversed_, atol=1e-5)  # rows come back in input order
+    unsorted = TextEmbedder(batch_size=32, sort_by_length=False, num_threads=1)
+    np.testing.assert_allclose(a, unsorted.embed(texts, progress=False), atol=1e-5)
+
+
+def test_similar_titles_are_closer_than_unrelated(embedder):
+    X = embedder.embed(
+        [
+            "OPI Nail Lacquer, Simmer and Shimmer, 0.5-Fluid Ounce",
+            "OPI Red Shatter Crackle Nail Polish E55 New",
+            "Conair Infiniti Pro Ceramic Hair Dryer 1875 Watt",
+        ],
+        progress=False,
+    )
+    sims = X @ X.T
+    assert sims[0, 1] > sims[0, 2] + 0.1 and sims[0, 1] > sims[1, 2] + 0.1
+
+
+def test_nearest_neighbours_share_the_leaf_category(embedded, subset):
+    X = embedded.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
+    leaf = np.array([c[-1] if c else "" for c in subset.column("categories").to_pylist()])
+    sims = X @ X.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.argmax(axis=1)
+    has_peer = np.array([(leaf == leaf[i]).sum() > 1 for i in range(N)]) & (leaf != "")
+    agreement = (leaf[nearest] == leaf)[has_peer].mean()
+    assert agreement > 0.5  # the nearest neighbour mostly shares the leaf category
+
+
+def test_parquet_round_trip(tmp_path, embedded):
+    ids = np.array(embedded.column("item_id").to_pylist(), dtype=object)
+    X = embedded.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
+    write_embeddings(tmp_path / "e.parquet", ids, X)
+    back_ids, back = read_embeddings(tmp_path / "e.parquet")
+    assert back_ids.dtype == object and list(back_ids) == list(ids)
+    np.testing.assert_array_equal(back, X)
+
+
+def test_non_finite_and_ragged_vectors_are_rejected_with_rows(tmp_path):
+    X = np.ones((6, 4), dtype=np.float32)
+    X[2, 1] = np.nan
+    X[4, 0] = np.inf
+    write_embeddings(tmp_path / "nan.parquet", ["a", "b", "c", "d", "e", "f"], X)
+    with pytest.raises(RqsidError, match=r"NaN or inf in rows 2, 4 \(item_ids c, e\)"):
+        read_embeddings(tmp_path / "nan.parquet")
+    ragged = pa.table({"item_id": ["a", "b", "c"], "vector": [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0, 0.0]]})
+    pq.write_table(ragged, tmp_path / "ragged.parquet")
+    with pytest.raises(RqsidError, match="inconsistent dimension .* rows 2"):
+        read_embeddings(tmp_path / "ragged.parquet")
+    with pytest.raises(RqsidError, match="2 ids but a matrix"):
+        write_embeddings(tmp_path / "bad.parquet", ["a", "b"], X)
+
+
+def test_missing_model_folder_is_a_user_error(tmp_path):
+    with pytest.raises(RqsidError, match="does not exist"):
+        TextEmbedder(model_path=tmp_path / "no-model")
