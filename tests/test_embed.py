@@ -104,3 +104,22 @@ def test_non_finite_and_ragged_vectors_are_rejected_with_rows(tmp_path):
 def test_missing_model_folder_is_a_user_error(tmp_path):
     with pytest.raises(RqsidError, match="does not exist"):
         TextEmbedder(model_path=tmp_path / "no-model")
+
+
+def test_embed_command_matches_the_library(tmp_path, subset, embedded, capsys):
+    import argparse
+
+    from rqsid.catalog import write_catalog
+    from rqsid.cli_data import register
+
+    write_catalog(subset.slice(0, 16), tmp_path / "catalog.parquet")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["embed", "--catalog", str(tmp_path / "catalog.parquet"), "--out", str(tmp_path / "e.parquet"),
+                              "--batch-size", "8"])
+    assert args.func(args) == 0
+    ids, X = read_embeddings(tmp_path / "e.parquet")
+    expected = embedded.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)[:16]
+    assert list(ids) == subset.column("item_id").to_pylist()[:16]
+    np.testing.assert_allclose(X, expected, atol=1e-5)
+    assert "items/s" in capsys.readouterr().out

@@ -141,3 +141,29 @@ def test_folder_of_tables_with_interactions_ordered_by_time(tmp_path):
     assert np.array_equal(u1.column("timestamp").to_numpy(), [10, 20, 30])
     direct = import_interactions_table(tmp_path / "interactions.parquet")
     assert direct.to_pylist() == inter.to_pylist()
+
+
+def test_import_command_writes_tables_and_quarantine(tmp_path, capsys):
+    import argparse
+
+    from rqsid.catalog import read_catalog, read_interactions
+    from rqsid.cli_data import register
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "catalog.jsonl").write_text(
+        '{"item_id": "1", "title": "Tent"}\n{"item_id": "1", "title": "Again"}\n{"item_id": "2", "title": ""}\n'
+        '{"item_id": "3", "title": "Stove"}\n'
+    )
+    (source / "interactions.csv").write_text("user_id,item_id\nu1,1\nu1,3\nu1,2\n")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["import", str(source), "--out", str(tmp_path / "out")])
+    assert args.func(args) == 0
+    assert read_catalog(tmp_path / "out" / "catalog.parquet").column("item_id").to_pylist() == ["1", "3"]
+    assert read_interactions(tmp_path / "out" / "interactions.parquet").column("item_id").to_pylist() == ["1", "3"]
+    quarantine = pq.read_table(tmp_path / "out" / "quarantine.parquet")
+    assert sorted(quarantine.column("reason").to_pylist()) == ["duplicate item_id", "no text"]
+    assert pq.read_table(tmp_path / "out" / "quarantine_interactions.parquet").column("reason").to_pylist() == ["unknown item_id"]
+    out = capsys.readouterr().out
+    assert "catalog: 2 items" in out and "quarantined 2 rows" in out

@@ -90,3 +90,19 @@ def test_sizes_are_honoured_and_bad_sizes_rejected():
     assert catalog.num_rows == 50 and len(inter.column("user_id").unique()) == 40
     with pytest.raises(RqsidError, match="at least 10 items"):
         make_demo_catalog(n_items=3)
+
+
+def test_demo_catalog_command_writes_canonical_tables(tmp_path, capsys):
+    import argparse
+
+    from rqsid.catalog import read_interactions
+    from rqsid.cli_data import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["demo-catalog", "--out", str(tmp_path), "--items", "200", "--seed", "5"])
+    assert args.func(args) == 0
+    catalog = read_catalog(tmp_path / "catalog.parquet")
+    assert catalog.num_rows == 200 and is_synthetic(catalog)
+    assert read_interactions(tmp_path / "interactions.parquet").num_rows > 5 * 400
+    assert "synthetic" in capsys.readouterr().out

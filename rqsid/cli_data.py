@@ -1,0 +1,112 @@
+"""Data commands of the `rqsid` CLI: import, demo-catalog, embed. No Prefect on this path."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "import",
+        help="import a catalog (Beauty, Scientific, or a parquet/CSV/JSONL table) into canonical parquet",
+        description="Writes OUT/catalog.parquet, OUT/interactions.parquet (when the source has them) and "
+        "OUT/quarantine*.parquet for rows that failed validation.",
+    )
+    p.add_argument("source", help="a dataset folder or a catalog file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--kind", choices=("beauty", "scientific", "table"), help="source format (default: detected)")
+    p.set_defaults(func=cmd_import)
+
+    p = subparsers.add_parser(
+        "demo-catalog",
+        help="write a synthetic demo catalog + user histories (labelled synthetic) to run without data",
+    )
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--items", type=int, default=3000, help="number of items (default 3000)")
+    p.add_argument("--users", type=int, default=None, help="number of users (default 2 per item)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo_catalog)
+
+    p = subparsers.add_parser("embed", help="embed a catalog's item texts into an embeddings parquet file")
+    p.add_argument("--catalog", required=True, help="canonical catalog parquet")
+    p.add_argument("--out", required=True, help="embeddings parquet to write")
+    p.add_argument("--model", default=None, help="sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-seq-length", type=int, default=None)
+    p.add_argument("--config", default=None, help="config file (.toml/.json/.yaml); flags override its embed section")
+    p.set_defaults(func=cmd_embed)
+
+
+def _write_tables(out: Path, catalog, interactions) -> None:
+    from rqsid.catalog import validate_catalog, validate_interactions, write_catalog, write_interactions, write_quarantine
+
+    clean, quarantine = validate_catalog(catalog)
+    write_catalog(clean, out / "catalog.parquet")
+    print(f"catalog: {clean.num_rows} items -> {out / 'catalog.parquet'}")
+    _report_quarantine(quarantine, out / "quarantine.parquet", write_quarantine)
+    if interactions is not None:
+        inter, inter_quarantine = validate_interactions(interactions, clean.column("item_id"))
+        write_interactions(inter, out / "interactions.parquet")
+        users = len(inter.column("user_id").unique())
+        print(f"interactions: {inter.num_rows} events of {users} users -> {out / 'interactions.parquet'}")
+        _report_quarantine(inter_quarantine, out / "quarantine_interactions.parquet", write_quarantine)
+
+
+def _report_quarantine(quarantine, path: Path, write) -> None:
+    if quarantine.num_rows == 0:
+        return
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(quarantine.column("reason")).to_pylist()
+    reasons = ", ".join(f"{c['counts']} {c['values']}" for c in counts)
+    write(quarantine, path)
+    print(f"quarantined {quarantine.num_rows} rows ({reasons}) -> {path}")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from rqsid.importers import import_dataset, replaced_utf8_ids
+
+    catalog, interactions = import_dataset(args.source, kind=args.kind)
+    replaced = replaced_utf8_ids(catalog)
+    if replaced:
+        print(f"warning: {len(replaced)} items had bytes that are not UTF-8 (replaced): {', '.join(replaced[:5])}")
+    _write_tables(Path(args.out), catalog, interactions)
+    return 0
+
+
+def cmd_demo_catalog(args: argparse.Namespace) -> int:
+    from rqsid.synthetic import make_demo_catalog
+
+    catalog, interactions = make_demo_catalog(n_items=args.items, n_users=args.users, seed=args.seed)
+    print("synthetic demo data (not a real catalog):")
+    _write_tables(Path(args.out), catalog, interactions)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from rqsid.catalog import read_catalog
+    from rqsid.config import load_config
+    from rqsid.embed import TextEmbedder, embed_catalog
+    import pyarrow.parquet as pq
+
+    overrides = {
+        key: value
+        for key, value in (("embed.model_path", args.model), ("embed.batch_size", args.batch_size),
+                           ("embed.max_seq_length", args.max_seq_length))
+        if value is not None
+    }
+    cfg = load_config(args.config, overrides).embed
+    catalog = read_catalog(args.catalog)
+    embedder = TextEmbedder(cfg.model_path, batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length,
+                            normalize=cfg.normalize)
+    start = time.perf_counter()
+    table = embed_catalog(catalog, embedder, max_chars=cfg.max_chars, progress=True)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    print(f"embedded {table.num_rows} items ({embedder.dim}-d) in {seconds:.1f} s, "
+          f"{table.num_rows / max(seconds, 1e-9):.0f} items/s -> {out}")
+    return 0
