@@ -174,7 +174,7 @@ def _no_categories(table: pa.Table) -> np.ndarray:
 def validate_interactions(inter: pa.Table, item_ids) -> tuple[pa.Table, pa.Table]:
     """(clean interactions, quarantine) — missing user, unknown item, duplicate (user, seq)."""
     inter = conform(inter, INTERACTIONS_SCHEMA, "interactions")
-    known = pa.array(np.asarray(item_ids, dtype=object).tolist() if not isinstance(item_ids, pa.Array) else item_ids, pa.string())
+    known = _id_array(item_ids)
     missing_user = _blank(inter.column("user_id"))
     missing_item = _blank(inter.column("item_id"))
     unknown = ~pc.fill_null(pc.is_in(inter.column("item_id"), value_set=known), False).to_numpy(zero_copy_only=False)
@@ -195,6 +195,15 @@ def validate_interactions(inter: pa.Table, item_ids) -> tuple[pa.Table, pa.Table
     if clean.num_rows == 0:
         raise RqsidError(f"interactions have no valid rows ({quarantine.num_rows} quarantined)")
     return _strict(clean, INTERACTIONS_SCHEMA), quarantine
+
+
+def _id_array(item_ids) -> pa.Array:
+    """Item ids given as an Arrow array/chunked array, numpy array or list, as one Arrow string array."""
+    if isinstance(item_ids, pa.ChunkedArray):
+        item_ids = item_ids.combine_chunks()
+    if isinstance(item_ids, pa.Array):
+        return item_ids.cast(pa.string())
+    return pa.array([None if i is None else str(i) for i in item_ids], pa.string())
 
 
 # ---------------------------------------------------------------- the text we embed

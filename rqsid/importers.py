@@ -47,11 +47,16 @@ def _unescape(text) -> str | None:
 
 
 def _catalog(rows: dict[str, list]) -> pa.Table:
+    """The canonical (not yet validated) catalog; items whose text holds U+FFFD are noted in the metadata."""
     table = pa.table(rows, schema=_nullable(CATALOG_SCHEMA))
-    replaced = [i for i, *texts in zip(rows["item_id"], rows["title"], rows["description"], rows["brand"]) if any(t and "\ufffd" in t for t in texts)]
-    replaced += [i for i, cats in zip(rows["item_id"], rows["categories"]) if cats and any("\ufffd" in c for c in cats)]
-    if replaced:
-        table = table.replace_schema_metadata({REPLACED_KEY: json.dumps(sorted(set(replaced)))})
+    replaced = np.zeros(table.num_rows, dtype=bool)
+    for name in ("title", "brand", "description", "extra"):
+        replaced |= pc.fill_null(pc.match_substring(table.column(name), "\ufffd"), False).to_numpy(zero_copy_only=False)
+    cats = pc.binary_join(pc.fill_null(table.column("categories"), pa.scalar([], pa.list_(pa.string()))), " ")
+    replaced |= pc.fill_null(pc.match_substring(cats, "\ufffd"), False).to_numpy(zero_copy_only=False)
+    if replaced.any():
+        ids = table.column("item_id").filter(pa.array(replaced)).to_pylist()
+        table = table.replace_schema_metadata({REPLACED_KEY: json.dumps(ids)})
     return table
 
 
@@ -220,7 +225,7 @@ def read_any_table(path: str | Path) -> pa.Table:
             delimiter = "\t" if suffix.startswith(".tsv") else ","
             return pacsv.read_csv(
                 path,
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=None),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(column_types=_all_strings(path, delimiter)),
                 read_options=pacsv.ReadOptions(encoding="utf8"),
             )
@@ -314,23 +319,27 @@ def import_interactions_table(path: str | Path, column_map: dict[str, str] | Non
     timestamp (else by `seq`, else by file order); `seq` is renumbered 0, 1, 2, ... within each user."""
     source = read_any_table(path)
     mapping = _mapping(source, column_map, INTERACTION_ALIASES, required=("user_id", "item_id"), path=path)
-    users = pa.array(_as_strings(source.column(mapping["user_id"])), pa.string())
-    items = pa.array(_as_strings(source.column(mapping["item_id"])), pa.string())
-    timestamps = _timestamps(source.column(mapping["timestamp"])) if "timestamp" in mapping else pa.nulls(len(users), pa.int64())
-    order_key = timestamps if "timestamp" in mapping else (
-        pc.cast(source.column(mapping["seq"]), pa.int64()) if "seq" in mapping else pa.array(np.arange(len(users)))
-    )
-    table = pa.table({"user_id": users, "item_id": items, "_key": order_key, "_row": np.arange(len(users)),
-                      "timestamp": timestamps,
-                      "query": pa.array(_as_strings(source.column(mapping["query"])), pa.string()) if "query" in mapping else pa.nulls(len(users), pa.string())})
+    n = source.num_rows
+
+    def strings(name: str) -> pa.Array:
+        return pa.array(_as_strings(source.column(mapping[name])), pa.string()) if name in mapping else pa.nulls(n, pa.string())
+
+    timestamps = _timestamps(source.column(mapping["timestamp"])) if "timestamp" in mapping else pa.nulls(n, pa.int64())
+    if "timestamp" in mapping:
+        order_key = timestamps
+    elif "seq" in mapping:
+        order_key = pc.cast(source.column(mapping["seq"]), pa.int64())
+    else:
+        order_key = pa.array(np.arange(n))
+    table = pa.table({"user_id": strings("user_id"), "item_id": strings("item_id"), "timestamp": timestamps,
+                      "query": strings("query"), "_key": order_key, "_row": np.arange(n)})
     table = table.sort_by([("user_id", "ascending"), ("_key", "ascending"), ("_row", "ascending")])
-    user_codes = pc.fill_null(table.column("user_id"), "").to_numpy(zero_copy_only=False).astype(str)
-    boundaries = np.r_[True, user_codes[1:] != user_codes[:-1]]
-    starts = np.maximum.accumulate(np.where(boundaries, np.arange(len(user_codes)), 0))
-    seq = (np.arange(len(user_codes)) - starts).astype(np.int32)
-    return pa.table(
-        {"user_id": table.column("user_id"), "item_id": table.column("item_id"), "seq": seq,
-         "timestamp": table.column("timestamp"), "query": table.column("query")},
+    users = pc.fill_null(table.column("user_id"), "").to_numpy(zero_copy_only=False).astype(str)
+    first_of_user = np.r_[True, users[1:] != users[:-1]]
+    user_start = np.maximum.accumulate(np.where(first_of_user, np.arange(n), 0))
+    seq = pa.array((np.arange(n) - user_start).astype(np.int32))
+    return pa.Table.from_arrays(
+        [table.column("user_id"), table.column("item_id"), seq, table.column("timestamp"), table.column("query")],
         schema=_nullable(INTERACTIONS_SCHEMA),
     )
 
