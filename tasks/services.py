@@ -1,0 +1,191 @@
+"""Local services: a Prefect server and the MLflow UI, bound to 127.0.0.1, state under the project home.
+
+Each service runs as a child process in its own process group (servers spawn helpers), waits for
+its health endpoint with a bounded timeout, and `.stop()` ends the whole group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rqsid import RqsidError
+from rqsid.home import ProjectHome
+
+HOST = "127.0.0.1"
+_POLL_S = 0.25
+
+
+@dataclass
+class ServerHandle:
+    name: str
+    url: str  # base URL, e.g. http://127.0.0.1:4200
+    health_url: str
+    process: subprocess.Popen
+    log_path: Path
+    api_url: str = ""  # Prefect: <url>/api
+    _stopped: bool = field(default=False, repr=False)
+
+    def healthy(self) -> bool:
+        return _healthy(self.health_url)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM the server's process group, SIGKILL whatever is left after `timeout_s`."""
+        if self._stopped:
+            return
+        self._stopped = True
+        _signal_group(self.process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+            self.process.poll()  # reap the leader so the group can empty
+            time.sleep(_POLL_S)
+        _signal_group(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def __enter__(self) -> "ServerHandle":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _healthy(url: str, timeout_s: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(1.0)
+        return probe.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def _executable(name: str) -> str:
+    beside = Path(sys.executable).parent / name  # the virtualenv's own CLI
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise RqsidError(f"the {name!r} command is not installed in this environment")
+    return found
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _launch(name: str, command: list[str], home: ProjectHome, port: int, health_url: str, url: str,
+            timeout_s: float) -> ServerHandle:
+    if port_in_use(port):
+        what = "a healthy server" if _healthy(health_url) else "another program"
+        raise RqsidError(f"cannot start {name}: port {port} on {HOST} is already in use by {what}")
+    home.ensure()
+    log_path = home.root / "logs" / f"{name.replace(' ', '-')}-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **home.environment()}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home.root,
+                                   start_new_session=True)
+    handle = ServerHandle(name, url, health_url, process, log_path)
+    deadline = time.monotonic() + timeout_s
+    while not _healthy(health_url, timeout_s=1.0):
+        if process.poll() is not None:
+            handle.stop()
+            raise RqsidError(f"{name} exited with code {process.returncode} before it was ready; "
+                             f"last log lines ({log_path}):\n{_tail(log_path)}")
+        if time.monotonic() > deadline:
+            handle.stop()
+            raise RqsidError(f"{name} was not ready within {timeout_s:g} s; see {log_path}")
+        time.sleep(_POLL_S)
+    return handle
+
+
+# ---------------------------------------------------------------- Prefect
+
+
+def start_prefect_server(home: ProjectHome, port: int = 4200, timeout_s: float = 120.0) -> ServerHandle:
+    """`prefect server start` on 127.0.0.1:port with PREFECT_HOME in the home; ready when /api/health answers."""
+    url = f"http://{HOST}:{port}"
+    command = [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    handle = _launch("prefect server", command, home, port, f"{url}/api/health", url, timeout_s)
+    handle.api_url = f"{url}/api"
+    return handle
+
+
+_STARTED: list[ServerHandle] = []
+
+
+def _stop_started() -> None:
+    while _STARTED:
+        _STARTED.pop().stop()
+
+
+atexit.register(_stop_started)
+
+
+def ensure_prefect_api(home: ProjectHome, port: int = 4200, timeout_s: float = 120.0) -> str:
+    """A healthy Prefect API URL: PREFECT_API_URL if it answers, else a server on 127.0.0.1:port (or a free
+    port when that one is taken), started now and stopped when this process exits. Sets PREFECT_API_URL."""
+    candidates = [os.environ.get("PREFECT_API_URL"), f"http://{HOST}:{port}/api"]
+    for api_url in filter(None, candidates):
+        if _healthy(f"{api_url.rstrip('/')}/health"):
+            os.environ["PREFECT_API_URL"] = api_url
+            return api_url
+    handle = start_prefect_server(home, port if not port_in_use(port) else free_port(), timeout_s)
+    _STARTED.append(handle)
+    os.environ["PREFECT_API_URL"] = handle.api_url
+    return handle.api_url
+
+
+# ---------------------------------------------------------------- MLflow
+
+
+def start_mlflow_ui(home: ProjectHome, port: int = 5000, timeout_s: float = 120.0) -> ServerHandle:
+    """`mlflow server --workers 1` on 127.0.0.1:port over the home's sqlite store and artifacts."""
+    home.ensure()
+    url = f"http://{HOST}:{port}"
+    command = [
+        _executable("mlflow"), "server",
+        "--backend-store-uri", home.mlflow_uri,
+        "--default-artifact-root", home.mlflow_artifacts.as_uri(),
+        "--host", HOST, "--port", str(port), "--workers", "1",
+    ]
+    return _launch("mlflow ui", command, home, port, f"{url}/health", url, timeout_s)
