@@ -220,7 +220,7 @@ class IndexRegistry:
 # ---------------------------------------------------------------- stable SIDs across versions
 
 
-def _positions(keys: np.ndarray, reference: np.ndarray) -> np.ndarray:
+def positions(keys: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Row of each key in `reference` (unique), -1 where absent."""
     keys = np.asarray(keys, dtype=str)
     reference = np.asarray(reference, dtype=str)
@@ -266,11 +266,11 @@ class ItemDelta:
 
 
 def item_delta(prev_ids, prev_hashes, ids, hashes) -> ItemDelta:
-    row = _positions(ids, prev_ids)
+    row = positions(ids, prev_ids)
     known = row >= 0
     same = np.zeros(len(row), dtype=bool)
     same[known] = np.asarray(prev_hashes, dtype=object)[row[known]] == np.asarray(hashes, dtype=object)[known]
-    n_removed = int((_positions(prev_ids, ids) < 0).sum())
+    n_removed = int((positions(prev_ids, ids) < 0).sum())
     return ItemDelta(np.where(same, row, -1), int((~known).sum()), int((known & ~same).sum()), n_removed)
 
 
@@ -316,7 +316,7 @@ def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
 def changed_sid_count(prev_ids, prev_tokens: np.ndarray, ids, tokens: np.ndarray) -> dict[str, int]:
     """How many items present in both versions have a different token sequence (SID)."""
-    row = _positions(ids, prev_ids)
+    row = positions(ids, prev_ids)
     both = np.flatnonzero(row >= 0)
     width = max(prev_tokens.shape[1], tokens.shape[1])
     a = np.pad(prev_tokens, ((0, 0), (0, width - prev_tokens.shape[1])), constant_values=-1)[row[both]]

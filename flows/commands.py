@@ -1,0 +1,272 @@
+"""Orchestration commands of the `rqsid` CLI: nightly (the main job), reindex, retrain, drift, serve,
+server, ui. Prefect, Dask and MLflow are imported only when a command runs.
+
+With no flags, `rqsid nightly` runs on the synthetic demo catalog with embedded defaults: a local
+Prefect server it starts (the in-process temporary server is slow once Dask worker processes join),
+a Dask LocalCluster and MLflow on sqlite, all under the project home, with the demo profile below
+keeping generator training short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from rqsid.config import RqsidConfig, load_config, parse_override
+from rqsid.home import ProjectHome
+
+# Bounds for the demo catalog (3,000 synthetic items): the whole `make demo` stays within minutes.
+DEMO_PROFILE: dict[str, Any] = {
+    "quantizer.epochs": 60,
+    "quantizer.early_stop_patience": 10,
+    "generator.epochs": 12,
+    "generator.max_train_minutes": 2.0,
+    "generator.valid_users": 1000,
+    "generator.beam_size": 10,
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="config file (.toml, .json, .yaml)")
+    p.add_argument("--set", dest="overrides", metavar="SECTION.FIELD=VALUE", action="append", default=[],
+                   help="override one config value, e.g. --set quantizer.levels=4 (repeatable)")
+
+
+def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", metavar="PATH",
+                   help="catalog: a Beauty or Scientific folder, a folder with catalog.*, or a file (default: synthetic demo)")
+    p.add_argument("--interactions", metavar="PATH", help="interactions file (default: those that come with the catalog)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("nightly", help="the nightly job: drift watch -> re-index -> retrain (demo catalog by default)")
+    _add_catalog_flags(p)
+    _add_config_flags(p)
+    p.add_argument("--no-train", action="store_true", help="stop after re-indexing")
+    p.set_defaults(func=cmd_nightly)
+
+    p = subparsers.add_parser("reindex", help="build and publish an index version (gated; nothing published on failure)")
+    _add_catalog_flags(p)
+    _add_config_flags(p)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--refit", dest="refit", action="store_const", const=True, help="always fit a new tokenizer")
+    group.add_argument("--reuse", dest="refit", action="store_const", const=False,
+                       help="reuse the published tokenizer (stable SIDs) even when drift is over the thresholds")
+    p.set_defaults(func=cmd_reindex, refit=None)
+
+    p = subparsers.add_parser("retrain", help="train, evaluate and register the generator on a published index")
+    p.add_argument("--catalog-name", default=None, help="catalog whose index to use (default: demo)")
+    p.add_argument("--index", dest="index_version", default=None, help="index version (default: the current one)")
+    p.add_argument("--interactions", metavar="PATH", help="interactions file (default: those of the index's catalog)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_retrain)
+
+    p = subparsers.add_parser("drift", help="compare a catalog with its published index; emit rqsid.drift.detected over thresholds")
+    p.add_argument("--catalog", metavar="PATH", help="catalog (default: synthetic demo)")
+    _add_config_flags(p)
+    p.add_argument("--no-emit", action="store_true", help="measure only; do not emit the Prefect event")
+    p.set_defaults(func=cmd_drift)
+
+    p = subparsers.add_parser("serve", help="serve the nightly cron deployment and the drift-triggered retrain deployment")
+    _add_catalog_flags(p)
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser("server", help="run a local Prefect server (127.0.0.1, state under the project home)")
+    p.add_argument("--port", type=int, default=4200)
+    p.set_defaults(func=cmd_server)
+
+    p = subparsers.add_parser("ui", help="run the MLflow UI over the project home's runs (127.0.0.1)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def resolve(args: argparse.Namespace, demo: bool) -> RqsidConfig:
+    """The config file, then --set overrides; the demo profile fills what neither of them set."""
+    overrides = dict(parse_override(text) for text in args.overrides)
+    config = load_config(args.config, overrides)
+    if not demo:
+        return config
+    unset = {}
+    for key, value in DEMO_PROFILE.items():
+        section, _, field = key.partition(".")
+        if field not in getattr(config, section).model_fields_set:
+            unset[key] = value
+    return load_config(args.config, {**unset, **overrides})
+
+
+# ---------------------------------------------------------------- running flows against a Prefect API
+
+
+@contextmanager
+def prefect_api(config: RqsidConfig) -> Iterator[str]:
+    """The configured Prefect API, else a healthy local server (started now, stopped at exit)."""
+    import os
+
+    from tasks.services import ensure_prefect_api
+
+    home = ProjectHome.default().activate()
+    if config.orchestration.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = config.orchestration.prefect_api_url
+    started = time.perf_counter()
+    api = ensure_prefect_api(home)
+    print(f"prefect API: {api} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        yield api
+
+
+def _run(flow_fn, config: RqsidConfig, **params) -> dict:
+    with prefect_api(config):
+        started = time.perf_counter()
+        result = flow_fn(config=config.model_dump(mode="json"), **params)
+        result["wall_s"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from flows.nightly import nightly
+
+    config = resolve(args, demo=args.catalog is None)
+    result = _run(nightly, config, catalog=args.catalog, interactions=args.interactions, train=not args.no_train)
+    _print_drift(result["drift"])
+    _print_index(result["reindex"])
+    if result["retrain"]:
+        _print_model(result["retrain"])
+    _print_timing(result)
+    _print_where(result["reindex"])
+    return 0
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from flows.reindex import reindex
+
+    config = resolve(args, demo=args.catalog is None)
+    result = _run(reindex, config, catalog=args.catalog, interactions=args.interactions, refit=args.refit)
+    _print_index(result)
+    _print_timing({"wall_s": result["wall_s"], "timing": {"flows": [result["timing"]]}})
+    _print_where(result)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from flows.retrain import retrain
+
+    config = resolve(args, demo=args.catalog_name in (None, "demo"))
+    result = _run(retrain, config, catalog_name=args.catalog_name, index_version=args.index_version,
+                  interactions=args.interactions)
+    _print_model(result)
+    _print_timing({"wall_s": result["wall_s"], "timing": {"flows": [result["timing"]]}})
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from flows.drift_watch import drift_watch
+
+    config = resolve(args, demo=args.catalog is None)
+    result = _run(drift_watch, config, catalog=args.catalog, emit=not args.no_emit)
+    _print_drift(result)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deployments import NIGHTLY_CRON, serve_all
+
+    config = resolve(args, demo=args.catalog is None)
+    with prefect_api(config) as api:
+        print(f"serving deployments 'nightly' (cron {NIGHTLY_CRON} UTC) and 'retrain-on-drift' "
+              f"(trigger rqsid.drift.detected) against {api}; Ctrl-C stops", flush=True)
+        serve_all(args.catalog, args.interactions, config.model_dump(mode="json"))
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from tasks.services import start_prefect_server
+
+    home = ProjectHome.default().activate()
+    handle = start_prefect_server(home, args.port)
+    print(f"Prefect server: {handle.url} (API {handle.api_url}); state in {home.prefect}; log {handle.log_path}")
+    print(f"use it from another shell with: export PREFECT_API_URL={handle.api_url}")
+    return _wait(handle)
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from tasks.services import start_mlflow_ui
+
+    home = ProjectHome.default().activate()
+    handle = start_mlflow_ui(home, args.port)
+    print(f"MLflow UI: {handle.url} (store {home.mlflow_uri}); Ctrl-C stops")
+    return _wait(handle)
+
+
+def _wait(handle) -> int:
+    try:
+        handle.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.stop()
+    return 0
+
+
+# ---------------------------------------------------------------- output
+
+
+def _print_drift(result: dict) -> None:
+    if result.get("index_version") is None:
+        print(f"drift: {result['catalog_name']} has no published index yet (first run fits one)")
+        return
+    state = "DRIFT: " + "; ".join(result["exceeded"]) if result["drifted"] else "below thresholds"
+    print(f"drift vs {result['index_version']}: {result['n_new']} new, {result['n_changed']} changed, "
+          f"{result['n_removed']} removed of {result['n_items']} items -> {state}"
+          + (f" (event {result['event_id']})" if result.get("event_id") else ""))
+
+
+def _print_index(result: dict) -> None:
+    how = "reused (same inputs)" if result["reused"] else ("tokenizer refitted" if result["refit"] else "tokenizer reused, SIDs kept stable")
+    print(f"index {result['index_version']} for {result['catalog_name']}: {how}; pruning K={result['k']}")
+    changes = result.get("sid_changes")
+    if changes:
+        print(f"  SIDs vs previous version: {changes['sids_changed']} changed, {changes['sids_kept']} kept "
+              f"of {changes['items_in_both']} items present in both")
+
+
+def _print_model(result: dict) -> None:
+    valid, test = result["metrics"]["valid"]["all"], result["metrics"]["test"]["all"]
+    print(f"generator {result['model_name']} v{result['model_version']}: valid R@10 {valid['recall@10']:.4f} "
+          f"N@10 {valid['ndcg@10']:.4f}; test R@10 {test['recall@10']:.4f} N@10 {test['ndcg@10']:.4f}; "
+          + ("promoted to champion" if result["promoted"] else f"champion stays v{result['previous_champion']}"))
+
+
+def _print_timing(result: dict) -> None:
+    flows = result["timing"]["flows"]
+    print(f"\ntiming (wall {result['wall_s']:.1f} s including Prefect start-up of the flow runs):")
+    print(f"  {'flow/stage':<26}{'wall s':>9}{'compute s':>11}")
+    for f in flows:
+        print(f"  {f['flow']:<26}{f['total_s']:>9.1f}{f['compute_s']:>11.1f}   orchestration {f['orchestration_share']:.0%}")
+        for s in f["stages"]:
+            print(f"    {s['name']:<24}{s['wall_s']:>9.1f}{s['compute_s']:>11.1f}")
+    compute = sum(f["compute_s"] for f in flows)
+    print(f"  library compute {compute:.1f} s of {result['wall_s']:.1f} s wall: "
+          f"orchestration (Prefect, Dask, MLflow, GX) {1 - compute / result['wall_s']:.0%}")
+
+
+def _print_where(index: dict) -> None:
+    home = ProjectHome.default()
+    print(f"\nresults under {home.root}:")
+    print(f"  index version  {index['index_path']}  (current: {Path(index['index_path']).parent.parent / 'current'})")
+    print(f"  MLflow store   {home.mlflow_uri}  (artifacts {home.mlflow_artifacts})")
+    print("  open the MLflow UI with:  rqsid ui   (then http://127.0.0.1:5000)")
+    print(f"  or:  mlflow ui --backend-store-uri {home.mlflow_uri} --host 127.0.0.1")
+
+
+def dumps(result: dict) -> str:
+    return json.dumps(result, indent=1, default=str)

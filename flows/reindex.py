@@ -1,0 +1,147 @@
+"""The re-index flow: catalog -> GX catalog suite (bad rows quarantined) -> embeddings (Dask) -> GX
+embedding suite -> fit or reuse the RQ-VAE -> SIDs -> report -> GX distribution gate -> adaptive
+pruning and the gate again -> an index version published atomically, or nothing when the gate fails.
+
+A nightly run keeps the SIDs of unchanged items: while the catalog has not drifted past the
+thresholds it reuses the published tokenizer, encodes only new and changed items, and keeps the
+published pruning and dedup numbers; it reports how many SIDs changed against the previous version.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id, plot_report, resolve_config
+from rqsid.config import RqsidConfig
+from tasks.pipeline import (
+    DEMO_ITEMS,
+    GateFailed,
+    build_sids,
+    catalog_name_of,
+    fit_tokenizer,
+    index_inputs_key,
+    index_version,
+    measure_drift,
+    publish_index,
+    published_tokenizer,
+    registry,
+    reuse_published,
+)
+
+
+def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
+    """The published tokenizer can encode today's items when it was made with today's embed and quantizer config."""
+    if index_dir is None:
+        return False
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    made_with = manifest.get("config", {})
+    return made_with.get("embed") == config.embed.model_dump(mode="json") and made_with.get(
+        "quantizer"
+    ) == config.quantizer.model_dump(mode="json")
+
+
+@flow(name="reindex", log_prints=True)
+def reindex(
+    catalog: str | None = None,
+    interactions: str | None = None,
+    config: dict | None = None,
+    refit: bool | None = None,
+    demo_items: int = DEMO_ITEMS,
+) -> dict[str, Any]:
+    """Build and publish an index version for a catalog (None = the synthetic demo catalog).
+
+    refit: True fits a new tokenizer; False reuses the published one; None decides by drift."""
+    cfg = resolve_config(config)
+    logger = get_run_logger()
+    recorder = FlowRecorder("reindex", catalog_name_of(catalog), cfg)
+    with recorder.run():
+        cat = catalog_stage(recorder, catalog, interactions, demo_items)
+        current = registry(cat.name).current_path()
+        emb = embed_stage(recorder, cat, cfg, current)
+
+        drift = None
+        reusable = _tokenizer_reusable(current, cfg)
+        if refit is not True and reusable:
+            # today's codes under the published tokenizer: carried for unchanged items, encoded for the rest
+            drift = measure_drift(cat, emb, current, cfg.drift, cfg.prune.level)
+            logger.info("drift vs %s: %s", current.name, drift.report.exceeded or "below thresholds")
+        if refit is None or not reusable:
+            refit = not reusable or drift.report.drifted
+
+        with recorder.stage("tokenizer") as stage:
+            tok = fit_tokenizer(emb, cfg.quantizer) if refit else published_tokenizer(current)
+            stage.compute_s, stage.lineage = tok.compute_s, {"tokenizer": tok.version}
+            stage.metrics = {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused)}
+            if refit and not tok.reused:
+                recorder.log_file(tok.model_dir, "rqvae")
+
+        key = index_inputs_key(cat, emb, tok, cfg.prune, cfg.gate)
+        if current is not None and json.loads((current / "manifest.json").read_text()).get("inputs_key") == key:
+            logger.info("index %s was built from the same inputs: reused", current.name)
+            index = reuse_published(cat.name, current.name)
+        else:
+            base = None if refit else current
+            version = index_version(key, base.name if base else None)
+            index = reuse_published(cat.name, version)
+            if index is None:
+                sids = _sids_stage(recorder, cat, emb, tok, cfg, base, drift)
+                index = _publish_stage(recorder, version, cat, emb, tok, sids, cfg, key, refit, base, drift)
+        recorder.lineage["index"] = index.version
+    result = {
+        "catalog_name": cat.name,
+        "index_version": index.version,
+        "index_path": str(index.path),
+        "reused": index.reused,
+        "refit": bool(refit),
+        "k": index.manifest.get("k"),
+        "sid_changes": index.manifest.get("sid_changes"),
+        "drift": drift.report.as_dict() if drift else None,
+        "mlflow_run_id": recorder.run_id,
+        "timing": recorder.timing(),
+    }
+    logger.info("published index %s (%s)", index.version, "reused" if index.reused else "new")
+    return result
+
+
+def _sids_stage(recorder: FlowRecorder, cat, emb, tok, cfg: RqsidConfig, base: Path | None, drift):
+    with recorder.stage("sids") as stage:
+        try:
+            sids = build_sids(cat, emb, tok, cfg.prune, cfg.gate, base=base,
+                              carried_codes=drift.codes if (drift is not None and base is not None) else None)
+        except GateFailed as err:
+            recorder.log_json(getattr(err, "details", {}), "gx/distribution.json")
+            stage.metrics = {"distribution_gate_success": 0.0}
+            raise
+        stage.compute_s = sids.compute_s
+        stage.metrics = {"k": sids.k, "dropped": float(sids.dropped), "gate_runs": len(sids.gates),
+                         "distribution_gate_success": 1.0, "gate_passed_before_pruning": float(sids.gates[0]["success"])}
+        if sids.sid_changes:
+            stage.metrics |= {f"sid_changes.{k}": v for k, v in sids.sid_changes.items()}
+        recorder.tracker.log_report(sids.report, "sids")
+        recorder.log_json(sids.gates, "gx/distribution.json")
+        recorder.log_json(sids.prune_trace, "prune_trace.json")
+        plot_report(recorder, sids.report, "sids")
+    return sids
+
+
+def _publish_stage(recorder: FlowRecorder, version, cat, emb, tok, sids, cfg: RqsidConfig, key, refit, base, drift):
+    with recorder.stage("publish") as stage:
+        extra = {
+            "inputs_key": key,
+            "refit": bool(refit),
+            "base": base.name if base else None,
+            "drift": drift.report.as_dict() if drift else None,
+            "config": cfg.model_dump(mode="json"),
+            "prefect_flow_run_id": flow_run_id(),
+            "mlflow_run_id": recorder.run_id,
+            "quarantined": cat.n_quarantined,
+        }
+        index = publish_index(version, cat, emb, tok, sids, extra)
+        stage.compute_s, stage.lineage = index.compute_s, {"index": version}
+        recorder.log_file(index.path / "sids.parquet", "index")
+        recorder.log_file(index.path / "manifest.json", "index")
+    return index
