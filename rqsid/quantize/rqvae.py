@@ -1,0 +1,273 @@
+"""RQ-VAE tokenizer (as in TIGER): an MLP autoencoder whose latent is residual-quantised.
+
+Training, in order:
+1. warm-up: `warmup_epochs` of the plain autoencoder (no quantisation). The codebooks are then
+   seeded by k-means++ on latents that already carry the data's structure; seeded on a random
+   encoder's output they would describe a space the encoder leaves within a few epochs, and many
+   codes would die at once.
+2. codebooks: level l is k-means on the residuals the levels before it leave of the encoder output.
+3. quantised training: reconstruction through a straight-through estimator, plus per level a
+   codebook loss ||sg(r_l) - e_l||^2 and a commitment loss beta * ||r_l - sg(e_l)||^2.
+   After each epoch, codes that no item used in that epoch are re-seeded on residuals of that
+   level drawn with probability proportional to their quantisation error (high-error residuals).
+   Training stops early when the epoch's reconstruction loss has not improved by `min_delta` for
+   `patience` epochs, and the best epoch's weights are kept.
+
+Everything random comes from the seed: weights (torch.manual_seed inside a forked RNG, so the
+caller's global RNG is untouched), data order, k-means and restarts (one torch.Generator).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from rqsid import RqsidError
+from rqsid.quantize.base import Standardiser, fit_context, torch_threads, Tokenizer, as_matrix, check_codes, residual_assign, sum_codewords
+from rqsid.quantize.kmeans import kmeans
+
+_INFERENCE_BATCH = 8192
+
+
+def _mlp(dims: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class RQVAEModule(nn.Module):
+    def __init__(self, input_dim: int, hidden_dims: list[int], latent_dim: int, levels: int, size: int):
+        super().__init__()
+        self.encoder = _mlp([input_dim, *hidden_dims, latent_dim])
+        self.decoder = _mlp([latent_dim, *reversed(hidden_dims), input_dim])
+        self.codebooks = nn.Parameter(torch.zeros(levels, size, latent_dim))
+
+    def quantise(self, z: torch.Tensor) -> "Quantised":
+        """Greedy residual quantisation with the losses for training; residuals kept for restarts."""
+        levels = self.codebooks.shape[0]
+        codes = []
+        residuals = torch.empty(z.shape[0], levels, z.shape[1])
+        errors = torch.empty(z.shape[0], levels)
+        codebook_loss = commitment = z.new_zeros(())
+        residual = z
+        for level in range(levels):
+            book = self.codebooks[level]
+            with torch.no_grad():
+                dist = (residual * residual).sum(1, keepdim=True) - 2 * residual @ book.T + (book * book).sum(1)
+                codes.append(dist.argmin(1))
+            chosen = book[codes[level]]
+            codebook_loss = codebook_loss + F.mse_loss(chosen, residual.detach())
+            commitment = commitment + F.mse_loss(residual, chosen.detach())
+            residuals[:, level] = residual.detach()
+            residual = residual - chosen.detach()
+            errors[:, level] = (residual.detach() ** 2).sum(1)
+        # straight-through: forward uses the quantised latent, backward passes gradients to z unchanged
+        return Quantised(torch.stack(codes, 1), z - residual.detach(), codebook_loss, commitment, residuals, errors)
+
+
+@dataclass
+class Quantised:
+    codes: torch.Tensor  # (b, L)
+    latent: torch.Tensor  # (b, latent) quantised, straight-through
+    codebook_loss: torch.Tensor
+    commitment: torch.Tensor
+    residuals: torch.Tensor  # (b, L, latent): the input of each level
+    errors: torch.Tensor  # (b, L): squared error left after each level
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    recon: float
+    codebook: float
+    commitment: float
+    counts: torch.Tensor | None = None  # (L, K) code uses over the epoch
+    residuals: torch.Tensor | None = None  # (n, L, latent)
+    errors: torch.Tensor | None = None  # (n, L)
+
+
+class RQVAE(Tokenizer):
+    kind = "rqvae"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.model: RQVAEModule | None = None
+
+    # ---- fitting -------------------------------------------------------------------------
+    def fit(self, X: Any, progress: bool = True) -> "RQVAE":
+        X = as_matrix(X)
+        cfg = self.config
+        if X.shape[0] < cfg.codebook_size:
+            raise RqsidError(
+                f"RQ-VAE: {X.shape[0]} items but codebook_size={cfg.codebook_size}; give more items or lower quantizer.codebook_size"
+            )
+        self.input_dim = X.shape[1]
+        self.standardiser = Standardiser.fit(X)
+        Xs = self.standardiser.forward(X)
+        self.history = []
+        with fit_context(cfg.seed, cfg.threads):
+            self.model = RQVAEModule(self.input_dim, cfg.hidden_dims, cfg.latent_dim, cfg.levels, cfg.codebook_size)
+            generator = torch.Generator().manual_seed(cfg.seed)
+            optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+            bar = tqdm(total=cfg.warmup_epochs + cfg.epochs, desc="RQ-VAE", disable=not progress)
+            try:
+                self._warm_up(Xs, optimiser, generator, bar)
+                self._init_codebooks(Xs, generator)
+                self._train(Xs, optimiser, generator, bar)
+            finally:
+                bar.close()
+        self.model.eval()
+        return self
+
+    def _warm_up(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, bar) -> None:
+        for epoch in range(self.config.warmup_epochs):
+            start = time.perf_counter()
+            stats = self._epoch(Xs, optimiser, generator, quantised=False)
+            self._record("warmup", epoch, stats, start, bar)
+
+    @torch.no_grad()
+    def _init_codebooks(self, Xs: torch.Tensor, generator: torch.Generator) -> None:
+        residual = self._latents(Xs)
+        for level in range(self.config.levels):
+            result = kmeans(residual, self.config.codebook_size, iters=self.config.kmeans_iters, generator=generator)
+            self.model.codebooks[level] = result.centroids
+            residual = residual - result.centroids[result.labels]
+
+    def _train(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, bar) -> None:
+        cfg = self.config
+        best, waited, best_state = float("inf"), 0, None
+        for epoch in range(cfg.epochs):
+            start = time.perf_counter()
+            stats = self._epoch(Xs, optimiser, generator, quantised=True)
+            if stats.recon < best - cfg.early_stop_min_delta:
+                best, waited, best_state = stats.recon, 0, copy.deepcopy(self.model.state_dict())
+            else:
+                waited += 1
+            last = waited >= cfg.early_stop_patience or epoch == cfg.epochs - 1
+            restarted = [] if last or not cfg.dead_code_restart else self._restart_dead_codes(stats, generator)
+            self._record("train", epoch, stats, start, bar, restarted)
+            if waited >= cfg.early_stop_patience:
+                break
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+
+    def _epoch(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, quantised: bool) -> EpochStats:
+        cfg, model = self.config, self.model
+        n = Xs.shape[0]
+        order = torch.randperm(n, generator=generator)
+        totals = torch.zeros(4, dtype=torch.float64)  # loss, recon, codebook, commitment (item-weighted sums)
+        stats = EpochStats(0, 0, 0, 0)
+        if quantised:
+            stats.counts = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.int64)
+            stats.residuals = torch.empty(n, cfg.levels, cfg.latent_dim)
+            stats.errors = torch.empty(n, cfg.levels)
+        model.train()
+        for start in range(0, n, cfg.batch_size):
+            rows = order[start : start + cfg.batch_size]
+            x = Xs[rows]
+            z = model.encoder(x)
+            if quantised:
+                q = model.quantise(z)
+                recon = F.mse_loss(model.decoder(q.latent), x)
+                loss = recon + q.codebook_loss + cfg.commitment_beta * q.commitment
+                parts = (loss, recon, q.codebook_loss, q.commitment)
+                self._collect(stats, rows, q)
+            else:
+                recon = F.mse_loss(model.decoder(z), x)
+                loss = recon
+                parts = (loss, recon, torch.zeros(()), torch.zeros(()))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            totals += torch.tensor([float(p.detach()) for p in parts], dtype=torch.float64) * len(rows)
+        stats.loss, stats.recon, stats.codebook, stats.commitment = (totals / n).tolist()
+        return stats
+
+    @staticmethod
+    def _collect(stats: EpochStats, rows: torch.Tensor, q: Quantised) -> None:
+        for level in range(q.codes.shape[1]):
+            stats.counts[level] += torch.bincount(q.codes[:, level], minlength=stats.counts.shape[1])
+        stats.residuals[rows] = q.residuals
+        stats.errors[rows] = q.errors
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, stats: EpochStats, generator: torch.Generator) -> list[int]:
+        """Codes unused over the epoch move onto residuals of their level, drawn by quantisation error."""
+        restarted = []
+        for level in range(self.config.levels):
+            dead = torch.nonzero(stats.counts[level] == 0).flatten()
+            restarted.append(int(dead.numel()))
+            if dead.numel() == 0:
+                continue
+            weights = stats.errors[:, level] + 1e-12  # > 0 everywhere so enough distinct rows can be drawn
+            rows = torch.multinomial(weights, int(dead.numel()), replacement=False, generator=generator)
+            self.model.codebooks[level, dead] = stats.residuals[rows, level]
+        return restarted
+
+    def _record(self, phase: str, epoch: int, stats: EpochStats, start: float, bar, restarted: list[int] | None = None) -> None:
+        entry: dict[str, Any] = {
+            "phase": phase,
+            "epoch": epoch + 1,
+            "loss": stats.loss,
+            "recon": stats.recon,
+            "codebook_loss": stats.codebook,
+            "commitment_loss": stats.commitment,
+        }
+        if stats.counts is not None:
+            entry["utilisation"] = (stats.counts > 0).float().mean(1).tolist()
+            entry["restarted"] = restarted or [0] * self.config.levels
+        entry["seconds"] = round(time.perf_counter() - start, 4)
+        self.history.append(entry)
+        postfix = {"phase": phase, "loss": f"{stats.loss:.4f}", "recon": f"{stats.recon:.4f}"}
+        if "utilisation" in entry:
+            postfix["util"] = "/".join(f"{u:.2f}" for u in entry["utilisation"])
+        bar.set_postfix(postfix, refresh=False)
+        bar.update(1)
+
+    # ---- inference -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _latents(self, Xs: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        return torch.cat([self.model.encoder(Xs[i : i + _INFERENCE_BATCH]) for i in range(0, Xs.shape[0], _INFERENCE_BATCH)])
+
+    @torch.no_grad()
+    def encode(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        with torch_threads(self.config.threads):
+            latents = self._latents(self.standardiser.forward(as_matrix(X, self.input_dim)))
+            codes, _ = residual_assign(latents, self.model.codebooks.detach())
+        return codes.numpy()
+
+    @torch.no_grad()
+    def decode(self, codes: Any) -> np.ndarray:
+        self._check_fitted()
+        codes = check_codes(codes, self.levels, self.config.codebook_size)
+        latents = sum_codewords(codes, self.model.codebooks.detach())
+        self.model.eval()
+        with torch_threads(self.config.threads):
+            parts = [self.model.decoder(latents[i : i + _INFERENCE_BATCH]) for i in range(0, latents.shape[0], _INFERENCE_BATCH)]
+        return self.standardiser.inverse(torch.cat(parts)).numpy()
+
+    # ---- persistence ---------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict()}
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        cfg = self.config
+        self.model = RQVAEModule(self.input_dim, cfg.hidden_dims, cfg.latent_dim, cfg.levels, cfg.codebook_size)
+        self.model.load_state_dict(state["model"])
+        self.model.eval()
+
+
+RQVAETokenizer = RQVAE
