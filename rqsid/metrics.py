@@ -110,6 +110,7 @@ def table_report(table: SidTable) -> dict[str, Any]:
     report["sid_length"] = {"mean": float(lengths.mean()), "min": int(lengths.min()), "max": int(lengths.max())}
     report["dedup_size"] = table.dedup_size
     report["pruning"] = table.pruning
+    report["hourglass"] = is_hourglass(report)
     return report
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rqsid import RqsidError
+from rqsid.config import PruneConfig
 from rqsid.metrics import gini, table_report
 from rqsid.sids import SidTable, _row_keys
 
@@ -136,3 +137,11 @@ def choose_k(
         return PruneResult(k, pruned, table_report(pruned), trace)
     dropped = drop_layer(table, level)
     return PruneResult(size, dropped, table_report(dropped), trace, dropped=True)
+
+
+def auto_prune(table: SidTable, config: PruneConfig | None = None) -> PruneResult:
+    """choose_k with the `prune` section of the config (the pipeline's entry point)."""
+    config = config or PruneConfig()
+    if config.level > table.levels:
+        raise RqsidError(f"prune.level={config.level} but the SIDs have {table.levels} levels")
+    return choose_k(table, config.gini_threshold, config.max_collision_rate, config.level, config.max_k)
