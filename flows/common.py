@@ -142,12 +142,17 @@ def embed_stage(recorder: FlowRecorder, cat, cfg: RqsidConfig, current: Path | N
     return emb
 
 
-def plot_report(recorder: FlowRecorder, report: dict, label: str) -> None:
-    """Token-frequency and Lorenz plots of a distribution report, logged to the active (stage) run."""
+def plot_report(recorder: FlowRecorder, report: dict, label: str, title: str = "") -> float:
+    """Token-frequency and Lorenz plots of a distribution report, logged to the active (stage) run;
+    returns the seconds spent drawing them (library compute)."""
     from rqsid.plots import plot_lorenz, plot_token_frequencies
 
+    drawing = 0.0
     with tempfile.TemporaryDirectory() as folder:
         for plot, stem in ((plot_token_frequencies, "token_frequencies"), (plot_lorenz, "lorenz")):
             path = Path(folder) / f"{label}_{stem}.png"
-            plot(report, path)
+            started = time.perf_counter()
+            plot(report, path, title)
+            drawing += time.perf_counter() - started
             recorder.log_file(path, "plots")
+    return drawing

@@ -16,7 +16,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id, plot_report, resolve_config
-from rqsid.config import RqsidConfig
+from pydantic import ValidationError
+
+from rqsid.config import EmbedConfig, QuantizerConfig, RqsidConfig
 from tasks.pipeline import (
     DEMO_ITEMS,
     GateFailed,
@@ -34,14 +36,16 @@ from tasks.pipeline import (
 
 
 def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
-    """The published tokenizer can encode today's items when it was made with today's embed and quantizer config."""
+    """The published tokenizer can encode today's items when it was made with today's embed and quantizer
+    config (read through today's models, so that fields added since then take their defaults)."""
     if index_dir is None:
         return False
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    made_with = manifest.get("config", {})
-    return made_with.get("embed") == config.embed.model_dump(mode="json") and made_with.get(
-        "quantizer"
-    ) == config.quantizer.model_dump(mode="json")
+    made_with = json.loads((index_dir / "manifest.json").read_text()).get("config", {})
+    try:
+        return (EmbedConfig.model_validate(made_with.get("embed", {})) == config.embed
+                and QuantizerConfig.model_validate(made_with.get("quantizer", {})) == config.quantizer)
+    except ValidationError:
+        return False
 
 
 @flow(name="reindex", log_prints=True)
@@ -65,17 +69,19 @@ def reindex(
 
         drift = None
         reusable = _tokenizer_reusable(current, cfg)
-        if refit is not True and reusable:
-            # today's codes under the published tokenizer: carried for unchanged items, encoded for the rest
-            drift = measure_drift(cat, emb, current, cfg.drift, cfg.prune.level)
-            logger.info("drift vs %s: %s", current.name, drift.report.exceeded or "below thresholds")
-        if refit is None or not reusable:
-            refit = not reusable or drift.report.drifted
-
         with recorder.stage("tokenizer") as stage:
+            if refit is not True and reusable:
+                # today's codes under the published tokenizer: carried for unchanged items, encoded for the rest
+                drift = measure_drift(cat, emb, current, cfg.drift, cfg.prune.level)
+                stage.compute_s += drift.compute_s
+                stage.metrics |= {f"drift.{k}": v for k, v in drift.report.as_dict().items() if isinstance(v, (int, float))}
+                logger.info("drift vs %s: %s", current.name, drift.report.exceeded or "below thresholds")
+            if refit is None or not reusable:
+                refit = not reusable or drift.report.drifted
             tok = fit_tokenizer(emb, cfg.quantizer) if refit else published_tokenizer(current)
-            stage.compute_s, stage.lineage = tok.compute_s, {"tokenizer": tok.version}
-            stage.metrics = {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused)}
+            stage.compute_s += tok.compute_s
+            stage.lineage = {"tokenizer": tok.version}
+            stage.metrics |= {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused)}
             if refit and not tok.reused:
                 recorder.log_file(tok.model_dir, "rqvae")
 
@@ -124,7 +130,7 @@ def _sids_stage(recorder: FlowRecorder, cat, emb, tok, cfg: RqsidConfig, base: P
         recorder.tracker.log_report(sids.report, "sids")
         recorder.log_json(sids.gates, "gx/distribution.json")
         recorder.log_json(sids.prune_trace, "prune_trace.json")
-        plot_report(recorder, sids.report, "sids")
+        stage.compute_s += plot_report(recorder, sids.report, "sids", f"{cat.name} {tok.version}")
     return sids
 
 

@@ -345,10 +345,7 @@ class TokenizerVersion:
     fitted: bool  # False when the published tokenizer was reused
     reused: bool
     compute_s: float
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
+    model_dir: Path  # what load_tokenizer reads
 
 
 def tokenizer_version(embeddings: EmbeddingsVersion, config: QuantizerConfig) -> str:
@@ -374,14 +371,15 @@ def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: 
 
     art = store(home).get_or_create("tokenizer", version, build)
     m = art.manifest
-    return TokenizerVersion(version, art.path, m["level_sizes"], m["recon_error"], True, art.reused, watch.compute_s)
+    return TokenizerVersion(version, art.path, m["level_sizes"], m["recon_error"], True, art.reused, watch.compute_s,
+                            art.path / "model")
 
 
 def published_tokenizer(index_dir: Path) -> TokenizerVersion:
     """The tokenizer an index was built with (a copy is kept inside the index version)."""
     manifest = json.loads((index_dir / "manifest.json").read_text())
-    return TokenizerVersion(manifest["versions"]["tokenizer"], index_dir / "tokenizer", manifest["level_sizes"],
-                            manifest["recon_error"], False, True, 0.0)
+    return TokenizerVersion(manifest["versions"]["tokenizer"], index_dir, manifest["level_sizes"],
+                            manifest["recon_error"], False, True, 0.0, index_dir / "tokenizer")
 
 
 # ---------------------------------------------------------------- drift against the published index

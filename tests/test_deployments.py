@@ -1,0 +1,63 @@
+"""Deployments registered with a real local Prefect server: the nightly cron schedule, and the drift
+trigger whose event schedules a run of the retrain deployment (no worker needed to see it scheduled)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from deployments import NIGHTLY_CRON, RETRAIN_NAME, apply_all, nightly_deployment, retrain_deployment
+
+
+@pytest.fixture(scope="module")
+def prefect_api(project_home):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.services import free_port, start_prefect_server
+
+    server = start_prefect_server(project_home, free_port(), timeout_s=150)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        server.stop()
+
+
+def test_deployments_are_built_with_a_utc_cron_and_a_drift_trigger():
+    nightly = nightly_deployment(catalog="/data/shop", config={"generator": {"epochs": 3}})
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == (NIGHTLY_CRON, "UTC")
+    assert nightly.parameters["catalog"] == "/data/shop" and nightly.parameters["config"]["generator"]["epochs"] == 3
+    (trigger,) = retrain_deployment().triggers
+    assert trigger.expect == {"rqsid.drift.detected"}
+    assert trigger.match.model_dump() == {"prefect.resource.id": "rqsid.catalog.*"}
+    assert trigger.parameters["catalog_name"] == "{{ event.payload.catalog_name }}"
+
+
+def test_drift_event_schedules_the_retrain_deployment(prefect_api):
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.drift_watch import emit_drift
+
+    ids = apply_all(catalog="/data/shop", config={})
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment(ids["nightly"])
+        assert [s.schedule.cron for s in nightly.schedules] == [NIGHTLY_CRON]
+        assert nightly.schedules[0].schedule.timezone == "UTC"
+        automations = client.read_automations_by_name("retrain on drift")
+        assert automations and automations[0].trigger.expect == {"rqsid.drift.detected"}
+
+        retrain_id = ids[RETRAIN_NAME]
+        before = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain_id])))
+        assert before == []
+        report = {"drifted": True, "exceeded": ["new_share 0.200 > 0.1"], "new_share": 0.2}
+        assert emit_drift("shop", "/data/shop", "index-0123456789abcdef", report)
+        deadline, runs = time.monotonic() + 60, []
+        while not runs and time.monotonic() < deadline:  # the automation reacts asynchronously
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[retrain_id])))
+            time.sleep(0.2)
+    assert len(runs) == 1, "the drift event did not start the retrain deployment"
+    assert runs[0].parameters == {"catalog_name": "shop", "catalog": "/data/shop", "config": {}}
+    assert runs[0].state.is_scheduled()
