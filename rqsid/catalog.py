@@ -24,12 +24,6 @@ REASON_FIELD = pa.field("reason", pa.string())
 # ---------------------------------------------------------------- conformance to the schemas
 
 
-def _describe_rows(rows: np.ndarray, limit: int = 5) -> str:
-    shown = ", ".join(str(int(r)) for r in rows[:limit])
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return f"rows {shown}{more}"
-
-
 def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     """Reorder/cast `table` to `schema`; absent nullable columns become nulls. Wrong types raise RqsidError."""
     if table.num_rows == 0:
@@ -214,10 +208,12 @@ def item_text(table: pa.Table, max_chars: int = 2000) -> list[str]:
     cols = {name: table.column(name).to_pylist() for name in ("title", "brand", "categories", "description", "extra")}
     texts = []
     for title, brand, cats, desc, extra in zip(*cols.values()):
+        brand = _clean(brand)
+        path = " > ".join(c.strip() for c in cats or [] if c and c.strip())
         parts = [
             _clean(title),
-            f"Brand: {_clean(brand)}" if _clean(brand) else "",
-            "Categories: " + " > ".join(c.strip() for c in cats if c and c.strip()) if cats and any(c and c.strip() for c in cats) else "",
+            f"Brand: {brand}" if brand else "",
+            f"Categories: {path}" if path else "",
             _clean(desc),
             _clean(extra),
         ]

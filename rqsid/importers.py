@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -431,14 +430,3 @@ def import_dataset(source: str | Path, kind: str | None = None) -> tuple[pa.Tabl
         raise RqsidError(f"{source}: no catalog.parquet/.jsonl/.csv (or items.*, products.*) found")
     inter_file = _find_interactions_file(source)
     return import_table(catalog_file), import_interactions_table(inter_file) if inter_file else None
-
-
-def attribute_summary(catalog: pa.Table) -> dict[str, int]:
-    """Counts for a one-line import summary."""
-    cats = catalog.column("categories").to_pylist()
-    return {
-        "items": catalog.num_rows,
-        "with_brand": catalog.num_rows - catalog.column("brand").null_count,
-        "with_categories": sum(1 for c in cats if c),
-        "top_categories": len(Counter(c[0] for c in cats if c)),
-    }
