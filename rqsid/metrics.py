@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rqsid.sids import SidTable, _row_keys, collision_rate
+from rqsid.sids import SidTable, path_keys, collision_rate
 
 # Hourglass: layer 2's Gini exceeds the larger of its neighbours' by more than this margin.
 HOURGLASS_GINI_MARGIN = 0.1
@@ -76,7 +76,7 @@ def layer_stats(column: np.ndarray, level_size: int, removed: Sequence[int] = ()
 def depth_stats(codes: np.ndarray, level_sizes: Sequence[int]) -> list[dict[str, Any]]:
     out, previous = [], 1
     for depth in range(1, codes.shape[1] + 1):
-        distinct = len(np.unique(_row_keys(codes[:, :depth])))
+        distinct = len(np.unique(path_keys(codes[:, :depth])))
         possible = float(np.prod(np.asarray(level_sizes[:depth], dtype=np.float64)))
         out.append({"depth": depth, "distinct_prefixes": distinct, "path_sparsity": distinct / possible,
                     "mean_fanout": distinct / previous})

@@ -21,7 +21,7 @@ import numpy as np
 from rqsid import RqsidError
 from rqsid.config import PruneConfig
 from rqsid.metrics import gini, table_report
-from rqsid.sids import SidTable, _row_keys
+from rqsid.sids import SidTable, path_keys
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,12 @@ def collision_rate_by_k(codes: np.ndarray, index: int, level_size: int) -> np.nd
     column = codes[:, index]
     rank = np.where(column >= 0, rank_of_code[np.maximum(column, 0)], -1)
     # items still holding their token at K and sharing their full path: rank >= K
-    shared = _shared_mask(_row_keys(codes)) & (rank >= 0)
+    shared = _shared_mask(path_keys(codes)) & (rank >= 0)
     kept_collided = np.cumsum(np.bincount(rank[shared], minlength=level_size + 1)[::-1])[::-1]
     # shortened paths: the 2nd arrival in a group adds 2 collided items, each later one adds 1
     short = codes.copy()
     short[:, index] = -1
-    group = np.unique(_row_keys(short), return_inverse=True)[1].reshape(-1)
+    group = np.unique(path_keys(short), return_inverse=True)[1].reshape(-1)
     arrival = rank + 1  # the item has lost its token for every K >= arrival
     by_group = np.lexsort((arrival, group))
     group_sorted = group[by_group]

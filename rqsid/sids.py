@@ -24,7 +24,7 @@ PRUNING_KEY = b"rqsid.pruning"
 REFERENCE_TOKEN = re.compile(r"^<([a-z])_(\d+)>$")
 
 
-def _row_keys(codes: np.ndarray) -> np.ndarray:
+def path_keys(codes: np.ndarray) -> np.ndarray:
     """One integer key per row, equal exactly when the rows are equal (-1 included)."""
     n, levels = codes.shape
     if levels == 0:
@@ -41,7 +41,7 @@ def _row_keys(codes: np.ndarray) -> np.ndarray:
 
 def dedup_tokens(codes: np.ndarray) -> np.ndarray:
     """Dedup token per item: items sharing all their codes get 0, 1, 2, ... in item order; others -1."""
-    keys = _row_keys(codes)
+    keys = path_keys(codes)
     order = np.argsort(keys, kind="stable")  # stable: item order inside each group
     sorted_keys = keys[order]
     starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
@@ -58,7 +58,7 @@ def collision_rate(codes: np.ndarray) -> float:
     """Share of items whose full code path (pruned levels skipped) is shared with another item."""
     if len(codes) == 0:
         return 0.0
-    _, inverse, counts = np.unique(_row_keys(codes), return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(path_keys(codes), return_inverse=True, return_counts=True)
     return float(np.mean(counts[inverse] > 1))
 
 
