@@ -64,18 +64,25 @@ class GateConfig(_Section):
 
 
 class GeneratorConfig(_Section):
-    max_history: int = Field(20, ge=1)
+    max_history: int = Field(20, ge=1, description="most recent items a user's history keeps")
     d_model: int = Field(128, ge=8)
     n_heads: int = Field(4, ge=1)
     n_layers: int = Field(2, ge=1)
+    ffn_mult: int = Field(4, ge=1, description="transformer feed-forward width / d_model")
+    head_mult: int = Field(2, ge=1, description="SID head MLP width / d_model")
     dropout: float = Field(0.2, ge=0, lt=1)
-    user_buckets: int = Field(2000, ge=1)
-    use_query: bool = False
+    user_buckets: int = Field(2000, ge=1, description="hashed user-id buckets; 1 = no user feature")
+    use_query: bool = Field(False, description="condition on the query text that led to the target (search)")
     epochs: int = Field(200, ge=1)
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="users per batch (each gives up to max_history targets)")
     lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(200, ge=0)
     weight_decay: float = Field(0.0, ge=0)
-    patience: int = Field(10, ge=1)
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="within the trie-allowed tokens of each step")
+    eval_every: int = Field(2, ge=1, description="epochs between validation beam searches")
+    valid_users: int = Field(5000, ge=0, description="fixed random validation subsample for early stopping; 0 = all")
+    patience: int = Field(10, ge=1, description="validations without a gain before stopping")
     beam_size: int = Field(20, ge=1)
     max_train_minutes: float = Field(80.0, gt=0)
     seed: int = 0

@@ -1,0 +1,112 @@
+"""Leave-one-out sequences, training windows, derived search queries, on hand-made and real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rqsid import RqsidError
+from rqsid.generator.data import (
+    SidVocab,
+    derive_queries,
+    eval_batch,
+    item_counts_before,
+    item_query_variants,
+    sequences_from_interactions,
+    train_batch,
+    user_bucket,
+)
+from rqsid.schema import INTERACTIONS_SCHEMA
+from rqsid.sids import assign_sids
+
+
+def interactions(rows: list[tuple[str, str, int]]) -> pa.Table:
+    users, items, seq = zip(*rows)
+    n = len(rows)
+    return pa.table(
+        {"user_id": users, "item_id": items, "seq": pa.array(seq, pa.int32()),
+         "timestamp": pa.nulls(n, pa.int64()), "query": pa.nulls(n, pa.string())},
+        schema=INTERACTIONS_SCHEMA,
+    )
+
+
+@pytest.fixture()
+def vocab() -> SidVocab:
+    codes = np.array([[k % 3, k % 2] for k in range(8)])
+    return SidVocab.from_sid_table(assign_sids([f"p{k}" for k in range(8)], codes, [3, 2]))
+
+
+def test_leave_one_out_split_in_seq_order(vocab):
+    # user a: p0 p1 p2 p3 p4 (rows shuffled); user b: p5 p6 p7; user c has 2 items and is dropped
+    rows = [("a", "p3", 3), ("b", "p5", 0), ("a", "p0", 0), ("c", "p1", 0), ("a", "p1", 1),
+            ("b", "p6", 1), ("a", "p4", 4), ("c", "p2", 1), ("a", "p2", 2), ("b", "p7", 2)]
+    seqs = sequences_from_interactions(interactions(rows), vocab)
+    assert list(seqs.user_ids) == ["a", "b"] and seqs.dropped_users == 1
+    a, b = 0, 1
+
+    test = eval_batch(seqs, np.array([a, b]), "test", max_history=3)
+    np.testing.assert_array_equal(test.targets, [4, 7])
+    np.testing.assert_array_equal(test.lengths, [3, 2])  # a: last 3 of p0..p3; b: p5 p6
+    np.testing.assert_array_equal(test.history, [[1, 2, 3], [5, 6, -1]])
+
+    valid = eval_batch(seqs, np.array([a, b]), "valid", max_history=3)
+    np.testing.assert_array_equal(valid.targets, [3, 6])
+    np.testing.assert_array_equal(valid.history, [[0, 1, 2], [5, -1, -1]])
+
+    train = train_batch(seqs, np.array([a, b]), max_history=3)
+    # a's training part is p0 p1 p2: inputs p0 p1 predict p1 p2; b's is p5 only: no target
+    np.testing.assert_array_equal(train.history, [[0, 1], [-1, -1]])
+    np.testing.assert_array_equal(train.targets, [[1, 2], [-1, -1]])
+    np.testing.assert_array_equal(item_counts_before(seqs, 8, "valid"), [1, 1, 1, 0, 0, 1, 0, 0])
+    np.testing.assert_array_equal(item_counts_before(seqs, 8, "test"), [1, 1, 1, 1, 0, 1, 1, 0])
+
+
+def test_long_histories_keep_the_most_recent_items(vocab):
+    rows = [("u", f"p{k % 8}", k) for k in range(12)]
+    seqs = sequences_from_interactions(interactions(rows), vocab)
+    train = train_batch(seqs, np.array([0]), max_history=4)
+    # training part = items 0..9 -> window of the last 5 (5..9): inputs 5..8, targets 6..9
+    np.testing.assert_array_equal(train.history, [[5, 6, 7, 0]])
+    np.testing.assert_array_equal(train.targets, [[6, 7, 0, 1]])
+
+
+def test_unknown_items_and_bad_splits_are_user_errors(vocab):
+    with pytest.raises(RqsidError, match="without a SID"):
+        sequences_from_interactions(interactions([("u", "p0", 0), ("u", "zz", 1), ("u", "p1", 2)]), vocab)
+    seqs = sequences_from_interactions(interactions([("u", "p0", 0), ("u", "p1", 1), ("u", "p2", 2)]), vocab)
+    with pytest.raises(RqsidError, match="split"):
+        eval_batch(seqs, np.array([0]), "train", 4)
+
+
+def test_user_buckets_are_stable_and_spread():
+    users = np.array([str(u) for u in range(5000)], dtype=object)
+    b = user_bucket(users, 100)
+    np.testing.assert_array_equal(b, user_bucket(users, 100))
+    assert b.min() >= 0 and b.max() < 100
+    assert np.bincount(b, minlength=100).min() > 20
+
+
+def test_query_variants_from_category_path_and_brand():
+    variants = item_query_variants("L'Oreal Paris", ["Beauty", "Hair Care", "Shampoos"])
+    assert variants == ["shampoos", "hair care shampoos", "l'oreal paris shampoos", "beauty hair care shampoos"]
+    assert item_query_variants("OPI", []) == ["opi"]
+    assert item_query_variants(None, None) == ["product"]
+
+
+def test_derived_queries_on_real_beauty_subset(beauty_dir):
+    from rqsid.importers import import_beauty
+    from rqsid.sids import load_reference_index
+
+    catalog, inter = import_beauty(beauty_dir)
+    vocab = SidVocab.from_sid_table(load_reference_index(beauty_dir / "reference-sids" / "rqvae.index.json", id_offset=1))
+    seqs = sequences_from_interactions(inter.slice(0, 3000), vocab)
+    with_q = derive_queries(seqs, vocab, catalog, seed=0)
+    assert (with_q.query_ids >= 0).all() and len(with_q.query_ids) == len(seqs.items)
+    np.testing.assert_array_equal(with_q.query_ids, derive_queries(seqs, vocab, catalog, seed=0).query_ids)
+    # every query is one of its own item's variants
+    by_id = dict(zip(catalog.column("item_id").to_pylist(), zip(catalog.column("brand").to_pylist(), catalog.column("categories").to_pylist())))
+    for row, q in zip(seqs.items[:200], with_q.query_ids[:200]):
+        brand, cats = by_id[vocab.item_ids[row]]
+        assert with_q.query_texts[q] in item_query_variants(brand, cats)
+    assert len(with_q.query_texts) > 50  # many distinct queries, not one per item

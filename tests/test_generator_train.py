@@ -1,0 +1,133 @@
+"""End to end: the generator learns a learnable pattern, is deterministic, saves/loads, runs from the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rqsid import RqsidError
+from rqsid.config import GeneratorConfig
+from rqsid.generator import cli
+from rqsid.generator.data import SidVocab, sequences_from_interactions
+from rqsid.generator.train import evaluate_split, load_generator, train_generator
+from rqsid.schema import INTERACTIONS_SCHEMA
+from rqsid.sids import assign_sids, write_sids
+
+N_ITEMS = 80
+
+
+def next_item(item: np.ndarray) -> np.ndarray:
+    """The pattern to learn: the next item is a fixed (scrambling) function of the last one."""
+    return (item * 37 + 11) % N_ITEMS
+
+
+def synthetic(n_users: int = 400, seed: int = 0):
+    """SIDs with 2 levels of 6 codes (collisions get dedup tokens; 1 in 3 items has layer 2 pruned),
+    and users whose histories follow next_item from a random start."""
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 6, (N_ITEMS, 2))
+    unpruned = assign_sids([f"it{k}" for k in range(N_ITEMS)], codes.copy(), [6, 6])  # (assign_sids keeps the array)
+    codes[::3, 1] = -1
+    table = assign_sids([f"it{k}" for k in range(N_ITEMS)], codes, [6, 6])
+    lengths = rng.integers(5, 10, n_users)
+    users, items, seq = [], [], []
+    for u, n in enumerate(lengths):
+        chain = [int(rng.integers(N_ITEMS))]
+        for _ in range(n - 1):
+            chain.append(int(next_item(np.array(chain[-1]))))
+        users += [f"u{u}"] * n
+        items += [f"it{k}" for k in chain]
+        seq += list(range(n))
+    m = len(users)
+    inter = pa.table(
+        {"user_id": users, "item_id": items, "seq": pa.array(seq, pa.int32()),
+         "timestamp": pa.nulls(m, pa.int64()), "query": pa.nulls(m, pa.string())},
+        schema=INTERACTIONS_SCHEMA,
+    )
+    return table, inter, unpruned
+
+
+CFG = GeneratorConfig(
+    d_model=32, n_heads=2, n_layers=1, max_history=8, user_buckets=1, dropout=0.0, epochs=12,
+    batch_size=64, lr=3e-3, warmup_steps=5, eval_every=3, valid_users=0, patience=5, beam_size=10,
+    max_train_minutes=2.0, seed=7,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    table, inter, _ = synthetic()
+    vocab = SidVocab.from_sid_table(table)
+    return table, inter, vocab, sequences_from_interactions(inter, vocab)
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    _, _, vocab, seqs = data
+    out = tmp_path_factory.mktemp("gen")
+    torch.set_num_threads(1)
+    return train_generator(seqs, vocab, CFG, out_dir=out, progress=False, log=lambda _: None), out
+
+
+def test_learns_the_pattern_far_above_chance(data, trained):
+    _, _, _, seqs = data
+    model, _ = trained
+    metrics, ranked = evaluate_split(model, seqs, "test")
+    chance = 10 / N_ITEMS
+    assert metrics["all"]["recall@10"] > 0.9 > 5 * chance
+    assert metrics["all"]["ndcg@10"] > 0.6
+    assert model.best["valid"]["recall@10"] > 0.9
+    assert model.stats["samples_per_s"] > 0 and model.history[0]["loss"] > model.history[-1]["loss"]
+
+
+def test_same_seed_same_model_and_rankings(data, trained):
+    _, _, vocab, seqs = data
+    first, _ = trained
+    cfg = CFG.model_copy(update={"epochs": 3})
+    a = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
+    b = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    np.testing.assert_array_equal(evaluate_split(a, seqs, "test")[1], evaluate_split(b, seqs, "test")[1])
+
+
+def test_save_load_round_trip(data, trained):
+    table, _, vocab, seqs = data
+    model, out = trained
+    loaded = load_generator(out, vocab)
+    assert loaded.best == model.best and loaded.cfg == model.cfg
+    np.testing.assert_array_equal(evaluate_split(loaded, seqs, "test")[1], evaluate_split(model, seqs, "test")[1])
+    other = SidVocab.from_sid_table(assign_sids(list(table.item_ids), np.roll(table.codes, 1, axis=0), table.level_sizes))
+    with pytest.raises(RqsidError, match="other SIDs"):
+        load_generator(out, other)
+
+
+def test_cli_train_then_evaluate(data, tmp_path, capsys):
+    table, inter, _, _ = data
+    sids, interactions, out = tmp_path / "sids.parquet", tmp_path / "inter.parquet", tmp_path / "model"
+    unpruned = tmp_path / "unpruned.parquet"
+    write_sids(sids, table)
+    write_sids(unpruned, synthetic()[2])
+    pq.write_table(inter, interactions)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    overrides = [f"generator.{k}={json.dumps(v)}" for k, v in CFG.model_dump().items()]
+    args = parser.parse_args(["train", "--interactions", str(interactions), "--sids", str(sids), "--out", str(out),
+                              "--unpruned-sids", str(unpruned), "--no-progress", *sum((["--set", o] for o in overrides), []), "--set", "generator.epochs=3"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "| generator | all | 400 |" in printed and "| generator | head |" in printed
+    args = parser.parse_args(["evaluate", "--model", str(out), "--interactions", str(interactions), "--sids", str(sids),
+                              "--split", "valid", "--no-progress", "--json", str(tmp_path / "m.json")])
+    assert args.func(args) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["split"] == "valid" and result["generator"]["all"]["n"] == 400
+    assert "head" not in result["generator"]  # pruned SIDs and no --unpruned-sids: no split, said so
+    assert "pass --unpruned-sids" in capsys.readouterr().out
