@@ -7,7 +7,7 @@ import pytest
 
 from rqsid import RqsidError
 from rqsid.metrics import table_report
-from rqsid.prune import choose_k, collision_rate_by_k, drop_layer, prune_top_k, retained_gini_by_k, token_ranking
+from rqsid.prune import auto_prune, choose_k, collision_rate_by_k, drop_layer, prune_top_k, retained_gini_by_k, token_ranking
 from rqsid.sids import assign_sids, collision_rate, load_reference_index
 from rqsid.trie import SidTrie
 
@@ -107,3 +107,23 @@ def test_refuses_bad_level_k_and_double_pruning(beauty_rkmeans):
         prune_top_k(beauty_rkmeans, 300)
     with pytest.raises(RqsidError, match="already pruned"):
         choose_k(prune_top_k(beauty_rkmeans, 3), 0.5, 0.5)
+
+
+def test_collision_rate_never_falls_as_k_grows(beauty_rkmeans, scientific_dir):
+    # choose_k relies on this: removing tokens only merges paths
+    sci = load_reference_index(scientific_dir / "reference-sids" / "rqvae.index.json")
+    for table in (beauty_rkmeans, sci):
+        collisions = collision_rate_by_k(table.codes, 1, 256)
+        assert (np.diff(collisions) >= 0).all() and collisions[0] == pytest.approx(collision_rate(table.codes))
+
+
+def test_auto_prune_follows_the_config(beauty_rkmeans):
+    from rqsid.config import PruneConfig
+
+    config = PruneConfig(gini_threshold=0.65, max_collision_rate=0.6, max_k=100)
+    result = auto_prune(beauty_rkmeans, config)
+    brute = next(k for k in range(101) if result.trace[k]["gini"] <= 0.65 and result.trace[k]["collision_rate"] <= 0.6)
+    assert result.k == brute and len(result.trace) == 101
+    assert 0 < result.k and result.report["layers"][1]["gini"] <= 0.65 and result.report["collision_rate"] <= 0.6
+    with pytest.raises(RqsidError, match="prune.level=4"):
+        auto_prune(beauty_rkmeans, PruneConfig(level=4))
