@@ -160,16 +160,18 @@ def cmd_sids(args: argparse.Namespace) -> int:
     pruned_report = report_to_json(result.report)
     _write_json(out / "report_pruned.json", pruned_report)
     _write_json(out / "prune_trace.json", result.trace)
-    print(_prune_summary(result.k, result.dropped, config.prune.level))
+    print(_prune_summary(result, config.prune.level))
     print(format_side_by_side({"before": report, "after": pruned_report}))
     print(f"wrote {out}/sids.parquet, sids_pruned.parquet, report.json, report_pruned.json, prune_trace.json")
     return 0
 
 
-def _prune_summary(k: int, dropped: bool, level: int) -> str:
-    if dropped:
-        return f"no K met both bounds: layer {level} dropped"
-    return f"chosen K = {k}" + (" (layer already within bounds, nothing removed)" if k == 0 else "")
+def _prune_summary(result, level: int) -> str:
+    if result.dropped:
+        return f"no K met both bounds: layer {level} dropped (fallback)"
+    if not result.met_bounds:
+        return "no K met both bounds: SIDs kept unpruned (fallback), the gate will reject them"
+    return f"chosen K = {result.k}" + (" (layer already within bounds, nothing removed)" if result.k == 0 else "")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -199,8 +201,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     elif args.k is not None:
         pruned, summary = prune_top_k(table, args.k, level), f"K = {args.k}"
     else:
-        result = choose_k(table, config.gini_threshold, config.max_collision_rate, level, config.max_k)
-        pruned, summary = result.table, _prune_summary(result.k, result.dropped, level)
+        result = choose_k(table, config.gini_threshold, config.max_collision_rate, level, config.max_k, config.fallback)
+        pruned, summary = result.table, _prune_summary(result, level)
     path = write_sids(args.out, pruned)
     print(summary)
     print(format_side_by_side({"before": report_to_json(table_report(table)),

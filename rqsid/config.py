@@ -55,6 +55,8 @@ class PruneConfig(_Section):
     gini_threshold: float = Field(0.4, gt=0, le=1, description="Gini (over the codes still in play) that the retained layer-2 tokens must reach")
     max_collision_rate: float = Field(0.2, ge=0, le=1, description="bound on the share of items that share a SID before dedup")
     max_k: int | None = Field(None, ge=0, description="largest K tried; None = all tokens (then the layer is dropped)")
+    fallback: Literal["drop_layer", "keep"] = Field(
+        "drop_layer", description="when no K meets both bounds: drop the layer, or keep the SIDs unpruned (the gate then fails)")
 
 
 class GateConfig(_Section):

@@ -31,6 +31,7 @@ class PruneResult:
     report: dict[str, Any]
     trace: list[dict[str, Any]]  # per K tried: k, gini (retained), collision_rate, passes
     dropped: bool = False  # True when no K passed and the layer was dropped instead
+    met_bounds: bool = True  # False when no K passed (the fallback was applied)
 
 
 def _check_level(table: SidTable, level: int) -> int:
@@ -112,11 +113,18 @@ def collision_rate_by_k(codes: np.ndarray, index: int, level_size: int) -> np.nd
 
 
 def choose_k(
-    table: SidTable, gini_threshold: float, max_collision_rate: float, level: int = 2, max_k: int | None = None
+    table: SidTable,
+    gini_threshold: float,
+    max_collision_rate: float,
+    level: int = 2,
+    max_k: int | None = None,
+    fallback: str = "drop_layer",
 ) -> PruneResult:
     """The smallest K whose retained layer-`level` Gini <= gini_threshold and whose collision rate
     (before dedup) <= max_collision_rate. When no K up to max_k (default: level size) passes, the
-    layer is dropped (result.dropped).
+    fallback applies: "drop_layer" drops the layer (result.dropped), "keep" returns the table
+    unpruned (K = 0) so that the gate rejects it; either way result.met_bounds is False. Dropping
+    gives the highest collision rate of all K, so "keep" suits catalogs where collisions matter more.
 
     A layer whose Gini already passes is left as it is (K = 0) whatever its collision rate: removing
     tokens only merges paths, so the collision rate never falls as K grows (see collision_rate_by_k)
@@ -135,8 +143,12 @@ def choose_k(
         k = int(np.argmax(passes))
         pruned = table if k == 0 else prune_top_k(table, k, level)
         return PruneResult(k, pruned, table_report(pruned), trace)
+    if fallback == "keep":
+        return PruneResult(0, table, table_report(table), trace, met_bounds=False)
+    if fallback != "drop_layer":
+        raise RqsidError(f"unknown prune fallback {fallback!r}; use 'drop_layer' or 'keep'")
     dropped = drop_layer(table, level)
-    return PruneResult(size, dropped, table_report(dropped), trace, dropped=True)
+    return PruneResult(size, dropped, table_report(dropped), trace, dropped=True, met_bounds=False)
 
 
 def auto_prune(table: SidTable, config: PruneConfig | None = None) -> PruneResult:
@@ -144,4 +156,5 @@ def auto_prune(table: SidTable, config: PruneConfig | None = None) -> PruneResul
     config = config or PruneConfig()
     if config.level > table.levels:
         raise RqsidError(f"prune.level={config.level} but the SIDs have {table.levels} levels")
-    return choose_k(table, config.gini_threshold, config.max_collision_rate, config.level, config.max_k)
+    return choose_k(table, config.gini_threshold, config.max_collision_rate, config.level, config.max_k,
+                    config.fallback)

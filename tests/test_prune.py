@@ -127,3 +127,10 @@ def test_auto_prune_follows_the_config(beauty_rkmeans):
     assert 0 < result.k and result.report["layers"][1]["gini"] <= 0.65 and result.report["collision_rate"] <= 0.6
     with pytest.raises(RqsidError, match="prune.level=4"):
         auto_prune(beauty_rkmeans, PruneConfig(level=4))
+
+
+def test_keep_fallback_returns_the_unpruned_table(beauty_rkmeans):
+    kept = choose_k(beauty_rkmeans, gini_threshold=0.5, max_collision_rate=0.3, fallback="keep")
+    assert kept.table is beauty_rkmeans and kept.k == 0 and not kept.met_bounds and not kept.dropped
+    dropped = choose_k(beauty_rkmeans, gini_threshold=0.5, max_collision_rate=0.3)
+    assert not dropped.met_bounds and dropped.report["collision_rate"] > kept.report["collision_rate"]
