@@ -61,7 +61,10 @@ def _rows(mask: torch.Tensor, limit: int = 5) -> str:
 
 def as_matrix(X: Any, expected_dim: int | None = None) -> torch.Tensor:
     """Embeddings as a float32 (n, d) tensor; a clear error on shape, dimension or non-finite rows."""
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X, dtype=torch.float32)
+    if not isinstance(X, torch.Tensor):
+        X = np.asarray(X, dtype=np.float32)
+        X = torch.from_numpy(X if X.flags.writeable else X.copy())  # read-only views (Arrow) are copied
+    X = X.to(torch.float32)
     if X.ndim != 2 or X.shape[0] == 0:
         raise RqsidError(f"embeddings must be a non-empty (items x dims) matrix, got shape {tuple(X.shape)}")
     if expected_dim is not None and X.shape[1] != expected_dim:
