@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -9,21 +11,33 @@ import sys
 import numpy as np
 import pytest
 
+from flows.cli import main
 from rqsid.sids import collision_rate, load_reference_index, read_sids
 from rqsid.trie import SidTrie
 
 
+def run_process(*args: str) -> subprocess.CompletedProcess:
+    """The real console entry point in a fresh process (as a user runs it)."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
 def rqsid(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
-                            timeout=300)
+    """The same entry point in this process (saves a torch import per call); stdout/stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    result = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
     if ok:
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert code == 0, result.stderr[-3000:]
     return result
 
 
 def test_report_json_on_the_beauty_reference(beauty_dir):
     path = beauty_dir / "reference-sids" / "rqvae.index.json"
-    report = json.loads(rqsid("report", path, "--json", "--id-offset", "1").stdout)
+    result = run_process("report", path, "--json", "--id-offset", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
     assert report["n_items"] == 12101 and len(report["layers"]) == 4
     for layer in report["layers"]:
         for key in ("entropy_bits", "entropy_norm", "gini", "std", "utilisation", "max_share"):
@@ -54,8 +68,8 @@ def test_prune_writes_a_decodable_pruned_table(tmp_path, scientific_dir, how, me
 
 
 def test_user_errors_are_one_line(tmp_path, scientific_dir):
-    result = rqsid("prune", scientific_dir / "reference-sids" / "rqvae.index.json", "--out", tmp_path / "x.parquet",
-                   "--level", "7", ok=False)
+    result = run_process("prune", scientific_dir / "reference-sids" / "rqvae.index.json", "--out",
+                         tmp_path / "x.parquet", "--level", "7")
     assert result.returncode == 2 and result.stderr.strip() == "error: level 7 does not exist; the SIDs have levels 1..4"
     result = rqsid("report", tmp_path / "missing.parquet", ok=False)
     assert result.returncode == 2 and "not found" in result.stderr
