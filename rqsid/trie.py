@@ -67,10 +67,9 @@ class SidTrie:
         node_of = np.maximum.accumulate(node_of, axis=0)
         n_nodes = 1 + int(per_depth.sum())
         parent_of = np.hstack([np.zeros((len(tokens), 1), dtype=np.int64), node_of[:, :-1]])
-        ids = node_of[new_node]  # row-major order; sorted below into node-id order
-        by_id = np.argsort(ids, kind="stable")
-        node_parent = np.r_[-1, parent_of[new_node][by_id]]
-        node_token = np.r_[-1, tokens[new_node][by_id]]
+        # column-major selection lists the new nodes depth by depth, top to bottom: in node-id order
+        node_parent = np.r_[-1, parent_of.T[new_node.T]]
+        node_token = np.r_[-1, tokens.T[new_node.T]]
         node_item = np.full(n_nodes, -1, dtype=np.int64)
         last = node_of[np.arange(len(tokens)), lengths - 1]
         node_item[last] = order
