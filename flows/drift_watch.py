@@ -10,7 +10,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.common import FlowRecorder, catalog_stage, embed_stage, resolve_config
-from tasks.pipeline import DEMO_ITEMS, catalog_name_of, measure_drift, registry
+from tasks.pipeline import DEMO_ITEMS, DEMO_SOURCE, catalog_name_of, measure_drift, registry
 
 DRIFT_EVENT = "rqsid.drift.detected"
 
@@ -51,7 +51,7 @@ def drift_watch(catalog: str | None = None, config: dict | None = None, demo_ite
             recorder.log_json(report, "drift.json")
             event_id = None
             if measured.report.drifted and emit:
-                event_id = emit_drift(cat.name, catalog, current.name, report)
+                event_id = emit_drift(cat.name, catalog or DEMO_SOURCE, current.name, report)
                 logger.warning("drift detected on %s: %s (event %s)", cat.name, "; ".join(measured.report.exceeded), event_id)
             else:
                 logger.info("drift on %s below thresholds: %s new/changed items", cat.name, report["n_new"] + report["n_changed"])

@@ -1,0 +1,249 @@
+"""The flows against real components: a local Prefect server, a Dask LocalCluster, Great Expectations,
+MLflow on sqlite, on 400 real Scientific items and a small synthetic demo shop.
+
+The tests build on each other in file order (one published index evolves), as nights follow nights:
+publish -> rerun reuses -> next night keeps SIDs stable -> a failing gate publishes nothing ->
+drift starts the retrain deployment -> the nightly chain trains and registers a generator.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from rqsid.catalog import write_catalog
+from rqsid.importers import import_scientific
+from rqsid.sids import read_sids
+from tasks.pipeline import GateFailed, registry, store
+
+# Small and fast, still the real models: a 3-level RQ-VAE over 64 codes, a short generator run.
+CONFIG = {
+    "quantizer": {"codebook_size": 64, "epochs": 15, "hidden_dims": [128, 64], "latent_dim": 16, "batch_size": 256,
+                  "warmup_epochs": 2},
+    "gate": {"max_collision_rate": 0.5},
+    "prune": {"max_collision_rate": 0.5},
+    "generator": {"epochs": 2, "d_model": 32, "n_heads": 2, "n_layers": 1, "batch_size": 128, "valid_users": 200,
+                  "beam_size": 10, "eval_every": 1, "warmup_steps": 10, "max_train_minutes": 1.0},
+    "orchestration": {"dask_workers": 2, "partition_rows": 250},
+}
+STAGES = {"catalog", "embed", "tokenizer", "sids", "publish"}
+
+
+@pytest.fixture(scope="module")
+def prefect_api(project_home):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.services import free_port, start_prefect_server
+
+    server = start_prefect_server(project_home, free_port(), timeout_s=150)
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()  # send the queued run logs while the server is still up
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def scientific(scientific_dir) -> pa.Table:
+    return import_scientific(scientific_dir)[0]
+
+
+def _write(table: pa.Table, folder: Path) -> str:
+    """Every day's file is named sci400.parquet: the catalog name (and so its index) stays the same."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(write_catalog(table, folder / "sci400.parquet"))
+
+
+def _retitled(table: pa.Table, rows, suffix: str) -> pa.Table:
+    titles = np.array(table.column("title").to_pylist(), dtype=object)
+    titles[rows] = [f"{t} {suffix}" for t in titles[rows]]
+    return table.set_column(table.schema.get_field_index("title"), "title", pa.array(titles, pa.string()))
+
+
+def _runs(run_id: str):
+    """The flow's MLflow run and its stage runs by name."""
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import Tracker
+
+    client: MlflowClient = Tracker().client
+    parent = client.get_run(run_id)
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    return client, parent, {r.info.run_name: r for r in children}
+
+
+def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+@pytest.fixture(scope="module")
+def published(prefect_api, scientific, tmp_path_factory):
+    from flows.reindex import reindex
+
+    source = _write(scientific.slice(0, 400), tmp_path_factory.mktemp("day1"))
+    return reindex(catalog=source, config=CONFIG)
+
+
+def test_reindex_publishes_a_gated_index_with_artifacts_and_lineage(published):
+    index = Path(published["index_path"])
+    assert registry("sci400").current() == published["index_version"] == index.name
+    for name in ("sids.parquet", "codes.parquet", "trie.npz", "report.json", "gates.json", "tokenizer", "manifest.json"):
+        assert (index / name).exists(), name
+    manifest = json.loads((index / "manifest.json").read_text())
+    sids = read_sids(index / "sids.parquet")
+    assert len(sids) == manifest["n_items"] == 400
+    assert len(np.unique(sids.token_matrix(), axis=0)) == 400  # every SID names one item
+    assert manifest["refit"] is True and manifest["prefect_flow_run_id"]
+
+    client, parent, stages = _runs(published["mlflow_run_id"])
+    assert set(stages) == STAGES and parent.info.status == "FINISHED"
+    assert parent.data.params["quantizer.codebook_size"] == "64"  # the whole config as params
+    tags = parent.data.tags
+    assert tags["prefect.flow_run_id"] == manifest["prefect_flow_run_id"]
+    for kind, version in (("catalog", manifest["versions"]["catalog"]), ("embedding", manifest["versions"]["embeddings"]),
+                          ("tokenizer", manifest["versions"]["tokenizer"]), ("index", index.name)):
+        assert tags[f"rqsid.lineage.{kind}"] == version
+    assert stages["sids"].data.tags["rqsid.lineage.tokenizer"] == manifest["versions"]["tokenizer"]
+    assert stages["sids"].data.metrics["k"] == manifest["k"]
+    assert "sids.l2.gini" in stages["sids"].data.metrics
+    assert {"embeddings/embeddings.parquet", "gx/embeddings.json"} <= _artifacts(client, stages["embed"].info.run_id)
+    assert any(p.startswith("rqvae/model/") for p in _artifacts(client, stages["tokenizer"].info.run_id))
+    assert {"reports/sids.json", "gx/distribution.json", "plots/sids_lorenz.png", "plots/sids_token_frequencies.png"} <= \
+        _artifacts(client, stages["sids"].info.run_id)
+    assert {"gx/catalog.json"} <= _artifacts(client, stages["catalog"].info.run_id)
+    assert {"index/sids.parquet", "index/manifest.json"} <= _artifacts(client, stages["publish"].info.run_id)
+
+    from prefect import get_client
+
+    with get_client(sync_client=True) as prefect:
+        run = prefect.read_flow_run(manifest["prefect_flow_run_id"])
+        assert prefect.read_flow(run.flow_id).name == "reindex" and run.state.is_completed()
+
+
+def test_a_rerun_reuses_what_is_on_disk(published, scientific, tmp_path):
+    from flows.reindex import reindex
+
+    embeddings = store().path("embeddings", json.loads((Path(published["index_path"]) / "manifest.json").read_text())["versions"]["embeddings"])
+    written = (embeddings / "embeddings.parquet").stat().st_mtime_ns
+    again = reindex(catalog=_write(scientific.slice(0, 400), tmp_path), config=CONFIG)
+    assert again["index_version"] == published["index_version"] and again["reused"] and not again["refit"]
+    assert (embeddings / "embeddings.parquet").stat().st_mtime_ns == written
+    _, _, stages = _runs(again["mlflow_run_id"])
+    assert stages["embed"].data.metrics["n_embedded"] == 0
+    assert stages["tokenizer"].data.metrics["refit"] == 0.0
+    assert "sids" not in stages  # nothing to rebuild
+
+
+def test_next_night_keeps_the_sids_of_unchanged_items(published, scientific, tmp_path):
+    from flows.reindex import reindex
+
+    previous = read_sids(Path(published["index_path"]) / "sids.parquet")
+    today = pa.concat_tables([_retitled(scientific.slice(0, 400), np.arange(5), "(2026 model)"), scientific.slice(400, 20)])
+    result = reindex(catalog=_write(today, tmp_path), config=CONFIG)
+    assert not result["refit"] and not result["drift"]["drifted"]
+    assert (result["drift"]["n_new"], result["drift"]["n_changed"]) == (20, 5)
+    _, _, stages = _runs(result["mlflow_run_id"])
+    assert stages["embed"].data.metrics["n_embedded"] == 25  # only new and changed items
+    current = read_sids(Path(result["index_path"]) / "sids.parquet")
+    unchanged = np.arange(5, 400)
+    rows = current.row_of(previous.item_ids[unchanged])
+    prev_tokens, tokens = previous.token_matrix()[unchanged], current.token_matrix()[rows]
+    width = max(prev_tokens.shape[1], tokens.shape[1])
+    pad = lambda m: np.pad(m, ((0, 0), (0, width - m.shape[1])), constant_values=-1)  # noqa: E731
+    same = (pad(prev_tokens) == pad(tokens)).all(axis=1)
+    assert same.mean() > 0.98  # a new item colliding with an old one can only add a dedup token
+    changes = result["sid_changes"]
+    assert changes["items_in_both"] == 400 and changes["sids_changed"] == 400 - changes["sids_kept"] <= 5 + (~same).sum()
+    assert registry("sci400").current() == result["index_version"]
+
+
+def test_a_gate_that_cannot_pass_publishes_nothing(published, scientific, tmp_path):
+    from flows.reindex import reindex
+
+    reg = registry("sci400")
+    current, versions = reg.current(), reg.versions()
+    # an item with another's exact text gets the same codes: collisions that no pruning can remove
+    twin = scientific.slice(7, 1).set_column(0, "item_id", pa.array(["twin-of-7"]))
+    catalog = _write(pa.concat_tables([scientific.slice(0, 400), scientific.slice(400, 20), twin]), tmp_path / "a")
+    impossible = {**CONFIG, "gate": {"max_collision_rate": 0.0}}
+    with pytest.raises(GateFailed, match="distribution gate still fails after pruning.*nothing was published"):
+        reindex(catalog=catalog, config=impossible)
+    assert reg.current() == current and reg.versions() == versions
+    assert not any(p.name.startswith(".") for p in (reg.root / "versions").iterdir())  # no half-written folder
+
+    from tasks.tracking import Tracker
+
+    client = Tracker().client
+    failed = client.search_runs([client.get_experiment_by_name("sci400").experiment_id],
+                                "attributes.run_name = 'sids' and attributes.status = 'FAILED'")
+    assert failed and "gx/distribution.json" in _artifacts(client, failed[0].info.run_id)
+    # resuming after the failure: the stored embeddings are reused, only the gate decision is redone
+    result = reindex(catalog=catalog, config=CONFIG)
+    _, _, stages = _runs(result["mlflow_run_id"])
+    assert stages["embed"].data.metrics["n_embedded"] == 0 and reg.current() == result["index_version"]
+
+
+def test_drift_starts_a_run_of_the_retrain_deployment(prefect_api, published, scientific, tmp_path):
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from deployments import retrain_deployment
+    from flows.drift_watch import drift_watch
+
+    deployment_id = retrain_deployment(CONFIG).apply()
+    grown = pa.concat_tables([scientific.slice(0, 420), scientific.slice(1000, 60)])  # 60 of 480 items are new
+    result = drift_watch(catalog=_write(grown, tmp_path), config=CONFIG)
+    assert result["drifted"] and result["exceeded"][0].startswith("new_share") and result["event_id"]
+    with get_client(sync_client=True) as client:
+        deadline = time.monotonic() + 60
+        runs = []
+        while not runs and time.monotonic() < deadline:  # the automation reacts asynchronously
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+            time.sleep(0.2)
+    assert runs, "the drift event did not start the retrain deployment"
+    assert runs[0].parameters["catalog_name"] == "sci400"
+    assert runs[0].parameters["catalog"].endswith("sci400.parquet")
+
+
+def test_nightly_chain_trains_and_promotes_only_a_better_generator(prefect_api):
+    from flows.nightly import nightly
+    from flows.retrain import RANK_BY, model_name, retrain
+    from tasks.tracking import Tracker
+
+    first = nightly(catalog=None, config=CONFIG, demo_items=400)
+    assert first["drift"]["index_version"] is None and first["reindex"]["refit"]
+    model = first["retrain"]
+    assert model["promoted"] and model["model_version"] == 1
+    assert 0 <= model["metrics"]["valid"]["all"]["recall@10"] <= 1
+    tracker = Tracker()
+    assert tracker.champion(model_name("demo"))[0] == 1
+
+    _, parent, stages = _runs(model["mlflow_run_id"])
+    assert set(stages) == {"train", "register"}
+    assert parent.data.tags["rqsid.lineage.index"] == first["reindex"]["index_version"]
+    assert parent.data.tags["rqsid.lineage.generator"] == model["generator_version"]
+
+    # the same inputs again: the stored generator is reused, not registered twice
+    again = retrain(catalog_name="demo", config=CONFIG)
+    assert again["reused"] and again["model_version"] == 1
+
+    # another config: a new version, champion only if it wins on validation Recall@10 / NDCG@10
+    other = retrain(catalog_name="demo", config={**CONFIG, "generator": {**CONFIG["generator"], "epochs": 1, "d_model": 16}})
+    assert other["model_version"] == 2
+    scores = {v["model_version"]: tuple(v["metrics"]["valid"]["all"][k] for k in ("recall@10", "ndcg@10"))
+              for v in (model, other)}
+    best = max(scores, key=lambda v: (scores[v], -v))  # ties keep the earlier champion
+    assert other["promoted"] == (best == 2)
+    assert tracker.champion(model_name("demo"))[0] == best
+    assert RANK_BY == ("valid.all.recall_at_10", "valid.all.ndcg_at_10")
