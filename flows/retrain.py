@@ -14,6 +14,7 @@ from rqsid import RqsidError
 from tasks.pipeline import (
     DEMO_ITEMS,
     catalog_name_of,
+    flat_metrics,
     interactions_of,
     mark_registered,
     registry,
@@ -68,7 +69,7 @@ def retrain(
             inter = Path(stage_interactions(interactions, index_dir)) if interactions else interactions_of(index_dir)
             gen = train_and_evaluate(index_dir, inter, cfg.generator)
             stage.compute_s, stage.lineage = gen.compute_s, {"generator": gen.version}
-            stage.metrics = {**_flat(gen.metrics), "reused": float(gen.reused)}
+            stage.metrics = {**flat_metrics(gen.metrics), "reused": float(gen.reused)}
             recorder.log_json(gen.metrics, "evaluation.json")
             recorder.log_json(gen.stats, "train_stats.json")
         with recorder.stage("register") as stage:
@@ -89,15 +90,9 @@ def retrain(
     }
 
 
-def _flat(metrics: dict) -> dict[str, float]:
-    from tasks.pipeline import _flat_metrics
-
-    return _flat_metrics(metrics)
-
-
 def _register(recorder: FlowRecorder, gen, name: str, logger) -> tuple[int, bool, int | None]:
     """Register the generator once (a rerun finds the recorded version) and promote it if it wins."""
-    flat = _flat(gen.metrics)
+    flat = flat_metrics(gen.metrics)
     current = recorder.tracker.champion(name)
     version = gen.registered
     if version is None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -38,7 +37,6 @@ from rqsid.metrics import distribution_report, table_report
 from rqsid.sids import SidTable, assign_sids, read_sids, write_sids
 from rqsid.trie import SidTrie
 from rqsid.versioning import (
-    Artifact,
     IndexRegistry,
     VersionStore,
     carry_codes,
@@ -615,15 +613,6 @@ def load_sid_table(index_dir: Path) -> SidTable:
     return read_sids(Path(index_dir) / "sids.parquet")
 
 
-def scratch_dir(home: ProjectHome | None = None) -> Path:
-    root = (home or ProjectHome.default()).cache / "tmp"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root))
-
-
-def as_dict(value: Any) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(value).items()}
-
 
 # ---------------------------------------------------------------- the generator
 
@@ -674,7 +663,7 @@ def stage_interactions(source: str, index_dir: Path, home: ProjectHome | None = 
     return store(home).get_or_create("interactions", version, build).path / "interactions.parquet"
 
 
-def _flat_metrics(metrics: dict) -> dict[str, float]:
+def flat_metrics(metrics: dict) -> dict[str, float]:
     """{"valid.all.recall_at_10": ...}: MLflow metric names cannot hold '@'."""
     out = {}
     for split, groups in metrics.items():
@@ -707,7 +696,7 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config, home: P
             head = head_item_mask(unpruned_table(index_dir), vocab)
             metrics = {split: evaluate_split(trained, seqs, split, head)[0] for split in ("valid", "test")}
         return {"index": Path(index_dir).name, "interactions": str(interactions_file), "metrics": metrics,
-                "flat_metrics": _flat_metrics(metrics), "stats": trained.stats, "best": trained.best}
+                "flat_metrics": flat_metrics(metrics), "stats": trained.stats, "best": trained.best}
 
     art = store(home).get_or_create("generator", version, build)
     m = art.manifest

@@ -247,3 +247,28 @@ def test_nightly_chain_trains_and_promotes_only_a_better_generator(prefect_api):
     assert other["promoted"] == (best == 2)
     assert tracker.champion(model_name("demo"))[0] == best
     assert RANK_BY == ("valid.all.recall_at_10", "valid.all.ndcg_at_10")
+
+
+def test_retrain_without_a_published_index_is_a_clear_error(prefect_api):
+    from flows.retrain import retrain
+    from rqsid import RqsidError
+
+    with pytest.raises(RqsidError, match="catalog 'nowhere' has no published index; run `rqsid reindex` first"):
+        retrain(catalog_name="nowhere", config=CONFIG)
+
+
+def test_demo_profile_fills_only_what_the_config_file_and_set_leave_open(tmp_path):
+    import argparse
+
+    from flows.commands import DEMO_PROFILE, resolve
+
+    config_file = tmp_path / "shop.toml"
+    config_file.write_text("[generator]\nepochs = 7\n")
+    args = argparse.Namespace(config=str(config_file), overrides=["generator.max_train_minutes=3"])
+    demo = resolve(args, demo=True)
+    assert demo.generator.epochs == 7  # the file wins
+    assert demo.generator.max_train_minutes == 3  # --set wins
+    assert demo.quantizer.epochs == DEMO_PROFILE["quantizer.epochs"]  # the profile fills the rest
+    assert demo.generator.valid_users == DEMO_PROFILE["generator.valid_users"]
+    real = resolve(args, demo=False)  # a real catalog gets the plain defaults
+    assert real.quantizer.epochs == type(real.quantizer)().epochs and real.generator.epochs == 7
