@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +18,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # the string "true"; "1" is ign
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
+import pandas as pd  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -43,34 +43,31 @@ def default_pip_requirements() -> list[str]:
     return pins
 
 
-# MLflow warns at class creation that predict has no type hints; our input is a free-form frame.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
+class GeneratorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around a saved generator folder (artifact "generator").
 
-    class GeneratorModel(mlflow.pyfunc.PythonModel):
-        """pyfunc wrapper around a saved generator folder (artifact "generator").
+    `loader` is "module:function"; the function takes the folder and returns an object with
+    `.predict(model_input)`. Without one, the model is a versioned artifact: load it and read
+    `model_dir`.
+    """
 
-        `loader` is "module:function"; the function takes the folder and returns an object with
-        `.predict(model_input)`. Without one, the model is a versioned artifact: load it and read
-        `model_dir`.
-        """
+    def __init__(self, loader: str | None = None):
+        self.loader = loader
+        self.model_dir: str | None = None
+        self._model = None
 
-        def __init__(self, loader: str | None = None):
-            self.loader = loader
-            self.model_dir: str | None = None
-            self._model = None
+    def load_context(self, context) -> None:
+        self.model_dir = context.artifacts["generator"]
+        if self.loader:
+            module, _, function = self.loader.partition(":")
+            load = getattr(__import__(module, fromlist=[function]), function)
+            self._model = load(self.model_dir)
 
-        def load_context(self, context) -> None:
-            self.model_dir = context.artifacts["generator"]
-            if self.loader:
-                module, _, function = self.loader.partition(":")
-                load = getattr(__import__(module, fromlist=[function]), function)
-                self._model = load(self.model_dir)
-
-        def predict(self, context, model_input, params=None):
-            if self._model is None:
-                raise RqsidError(f"generator at {self.model_dir} was registered without a loader; load it with rqsid")
-            return self._model.predict(model_input)
+    # The DataFrame type hint is what MLflow wants to see (else it warns on every import).
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None):
+        if self._model is None:
+            raise RqsidError(f"generator at {self.model_dir} was registered without a loader; load it with rqsid")
+        return self._model.predict(model_input)
 
 
 class Tracker:
