@@ -184,8 +184,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif len(reports) == 1:
         print(format_report(next(iter(reports.values()))))
     else:
-        print(format_side_by_side({Path(path).name: report for path, report in reports.items()}))
+        print(format_side_by_side(dict(zip(_labels(args.sids), reports.values()))))
     return 0
+
+
+def _labels(paths: list[str]) -> list[str]:
+    """Column names: the file name, prefixed by the nearest parent folder that tells equal names apart."""
+    parts = [Path(path).resolve().parts for path in paths]
+    labels = []
+    for mine in parts:
+        twins = [p for p in parts if p[-1] == mine[-1]]
+        depth = next((d for d in range(2, len(mine) + 1) if len({p[-d:-d + 1] for p in twins}) == len(twins)), None)
+        labels.append(mine[-1] if len(twins) == 1 or depth is None else f"{mine[-depth]}/{mine[-1]}")
+    return labels
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from flows.cli import main
+from rqsid.metrics import table_report
 from rqsid.sids import collision_rate, load_reference_index, read_sids
 from rqsid.trie import SidTrie
 
@@ -47,10 +48,17 @@ def test_report_json_on_the_beauty_reference(beauty_dir):
     assert report["layers"][1]["counts"] == np.bincount(table.codes[:, 1], minlength=256).tolist()
 
 
-def test_report_prints_tables_side_by_side(scientific_dir):
+def test_report_prints_tables_side_by_side(scientific_dir, beauty_dir):
     refs = scientific_dir / "reference-sids"
-    text = rqsid("report", refs / "rqvae.index.json", refs / "rkmeans.index.json").stdout
-    assert "rqvae.index.json" in text and "rkmeans.index.json" in text and "L2 gini" in text
+    text = rqsid("report", refs / "rqvae.index.json", refs / "rkmeans.index.json",
+                 beauty_dir / "reference-sids" / "rqvae.index.json").stdout
+    header = text.splitlines()[0].split()
+    # equal file names are told apart by their dataset folder
+    assert header == ["metric", "amazon-scientific-2018/rqvae.index.json", "rkmeans.index.json",
+                      "amazon-beauty-2014/rqvae.index.json"]
+    gini_row = next(line for line in text.splitlines() if line.startswith("L2 gini")).split()
+    paths = [refs / "rqvae.index.json", refs / "rkmeans.index.json", beauty_dir / "reference-sids" / "rqvae.index.json"]
+    assert gini_row[2:] == [f"{table_report(load_reference_index(p))['layers'][1]['gini']:.3f}" for p in paths]
 
 
 @pytest.mark.parametrize("how,method", [(["--k", "12"], "top_k"), (["--drop-layer"], "drop_layer"),
