@@ -178,7 +178,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from deployments import NIGHTLY_CRON, serve_all
+    from deployments.nightly import NIGHTLY_CRON, serve_all
 
     config = resolve(args, demo=args.catalog is None)
     with prefect_api(config) as api:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from deployments import NIGHTLY_CRON, RETRAIN_NAME, apply_all, nightly_deployment, retrain_deployment
+from deployments.nightly import NIGHTLY_CRON, RETRAIN_NAME, apply_all, nightly_deployment, retrain_deployment
 
 
 @pytest.fixture(scope="module")

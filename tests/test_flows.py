@@ -198,7 +198,7 @@ def test_drift_starts_a_run_of_the_retrain_deployment(prefect_api, published, sc
     from prefect import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
-    from deployments import retrain_deployment
+    from deployments.nightly import retrain_deployment
     from flows.drift_watch import drift_watch
 
     deployment_id = retrain_deployment(CONFIG).apply()
