@@ -110,3 +110,17 @@ def test_derived_queries_on_real_beauty_subset(beauty_dir):
         brand, cats = by_id[vocab.item_ids[row]]
         assert with_q.query_texts[q] in item_query_variants(brand, cats)
     assert len(with_q.query_texts) > 50  # many distinct queries, not one per item
+
+
+def test_random_windows_cover_every_target_of_a_long_history():
+    codes = np.array([[k % 5, k // 5] for k in range(30)])
+    vocab = SidVocab.from_sid_table(assign_sids([f"q{k}" for k in range(30)], codes, [5, 6]))
+    seqs = sequences_from_interactions(interactions([("u", f"q{k}", k) for k in range(30)]), vocab)
+    rng = np.random.default_rng(0)
+    targets = set()
+    for _ in range(200):
+        batch = train_batch(seqs, np.array([0]), max_history=4, rng=rng)
+        assert batch.history.shape == (1, 4) and (batch.targets >= 0).all()
+        np.testing.assert_array_equal(batch.targets[0], batch.history[0] + 1)  # contiguous windows
+        targets.update(batch.targets[0].tolist())
+    assert targets == set(range(1, 28))  # every training target (items 1..27), never valid/test items

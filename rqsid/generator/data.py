@@ -248,7 +248,7 @@ class Batch:
     user_buckets: np.ndarray | None = None
 
 
-def _ragged_rows(seqs: Sequences, users: np.ndarray, stop_back: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ragged_rows(seqs: Sequences, users: np.ndarray, stop_back, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Flat indexes (into seqs.items) of each user's last `width` items before the final `stop_back` ones."""
     ends = seqs.offsets[users + 1] - stop_back
     starts = np.maximum(seqs.offsets[users], ends - width)
@@ -259,10 +259,19 @@ def _ragged_rows(seqs: Sequences, users: np.ndarray, stop_back: int, width: int)
     return np.where(valid, index, 0), valid, lengths
 
 
-def train_batch(seqs: Sequences, users: np.ndarray, max_history: int, buckets: np.ndarray | None = None) -> Batch:
-    """Training windows: each user's training part (all but the last two items), last max_history+1 of it;
-    inputs are the window minus its last item, targets the window shifted by one."""
-    index, valid, lengths = _ragged_rows(seqs, users, 2, max_history + 1)
+def train_batch(
+    seqs: Sequences, users: np.ndarray, max_history: int, buckets: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> Batch:
+    """Training windows over each user's training part (all but the last two items): max_history+1
+    items; inputs are the window minus its last item, targets the window shifted by one. The window
+    ends at the training part's end, or, with `rng`, at a random point for parts longer than the
+    window (so every target of a long history is seen over the epochs)."""
+    back = np.full(len(users), 2, dtype=np.int64)
+    if rng is not None:
+        spare = np.maximum(seqs.offsets[users + 1] - 2 - seqs.offsets[users] - (max_history + 1), 0)
+        back += np.floor(rng.random(len(users)) * (spare + 1)).astype(np.int64)
+    index, valid, lengths = _ragged_rows(seqs, users, back, max_history + 1)
     window = np.where(valid, seqs.items[index], -1)
     history = window[:, :-1].copy()
     targets = window[:, 1:].copy()

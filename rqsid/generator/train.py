@@ -158,7 +158,7 @@ def train_generator(
 
     deadline = time.perf_counter() + cfg.max_train_minutes * 60
     started = time.perf_counter()
-    best_score, best_state, stale = -1.0, None, 0
+    best_score, best_state, stale, lr_scale = -1.0, None, 0, 1.0
     train_seconds, samples = 0.0, 0
     step = 0
     for epoch in range(1, cfg.epochs + 1):
@@ -168,8 +168,8 @@ def train_generator(
         batches = _length_bucketed_batches(train_users, seqs.lengths, cfg.batch_size, rng)
         bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
         for users in bar:
-            _set_lr(optimizer, cfg, step)
-            loss, n = loss_fn(train_batch(seqs, users, cfg.max_history, buckets))
+            _set_lr(optimizer, cfg, step, lr_scale)
+            loss, n = loss_fn(train_batch(seqs, users, cfg.max_history, buckets, rng))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -196,6 +196,9 @@ def train_generator(
                     save_generator(out_dir, trained)
             else:
                 stale += 1
+                if stale % cfg.lr_decay_patience == 0:  # a plateau: halve the learning rate
+                    lr_scale *= cfg.lr_decay
+                    record["lr_scale"] = lr_scale
             log(f"epoch {epoch}: loss {record['loss']:.4f}  valid R@10 {metrics['all']['recall@10']:.4f} "
                 f"N@10 {metrics['all']['ndcg@10']:.4f}  ({record['elapsed_s']:.0f}s)")
         trained.history.append(record)
@@ -225,9 +228,10 @@ def _length_bucketed_batches(users: np.ndarray, lengths: np.ndarray, size: int, 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def _set_lr(optimizer: torch.optim.Optimizer, cfg: GeneratorConfig, step: int) -> None:
-    """Linear warm-up, then constant (the time budget and early stopping decide the end)."""
-    scale = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+def _set_lr(optimizer: torch.optim.Optimizer, cfg: GeneratorConfig, step: int, plateau_scale: float) -> None:
+    """Linear warm-up, then constant until validation plateaus (each plateau multiplies it by lr_decay).
+    The schedule depends on steps and validation only, never on the clock, so runs are reproducible."""
+    scale = min(1.0, (step + 1) / max(cfg.warmup_steps, 1)) * plateau_scale
     for group in optimizer.param_groups:
         group["lr"] = cfg.lr * scale
 
