@@ -1,0 +1,225 @@
+"""Tokenizers against peers at an equal code budget (3 levels x 256 codes = 3 x 8 bits per item).
+
+Ours: the RQ-VAE (`make_tokenizer` with method rqvae) and residual k-means (rkmeans); peers: faiss
+ResidualQuantizer (3 x 8 bits, its default beam-search training and encoding) and
+vector_quantize_pytorch.ResidualVQ (3 quantizers x 256, EMA codebooks, k-means init, dead-code
+expiry), on the real Beauty and Scientific item embeddings (all-MiniLM-L6-v2, 384-d).
+
+Space of the comparison: every method sees the same standardised embeddings (per-dimension mean
+and std of the dataset: our tokenizers do this inside, the peers get the standardised matrix), and
+the reconstruction error of every method is measured back in the RAW embedding space: the mean over
+items of ||x - x_hat||^2 (our `reconstruction_error`), also given relative to the data's total
+variance (share of variance left unexplained). Codes go through rqsid.metrics.distribution_report
+(utilisation per layer, layer-2 Gini, collision rate). All methods run with the same torch / OpenMP
+thread count (--threads).
+
+    .venv/bin/python benchmarks/tokenizers.py              # both datasets, full
+    .venv/bin/python benchmarks/tokenizers.py --quick      # a 3,000-item subset, short fits
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from common import header, log, md_table, new_result, write_result
+from rqsid.config import QuantizerConfig
+from rqsid.home import shared_data_dir
+from rqsid.metrics import distribution_report
+from rqsid.quantize import make_tokenizer
+from rqsid.quantize.base import Standardiser
+
+LEVELS, SIZE = 3, 256
+CACHE = Path("/work/scratch/emb")
+SOURCES = {"beauty": "amazon-beauty-2014", "scientific": "amazon-scientific-2018"}
+
+
+def load_embeddings(name: str, path: Path | None, work: Path) -> tuple[np.ndarray, str]:
+    """The dataset's item embeddings: the given file, the scratch cache, or embedded now from the shared data."""
+    from rqsid.embed import TextEmbedder, item_text, read_embeddings, write_embeddings
+    from rqsid.importers import import_dataset
+
+    for candidate in (path, CACHE / f"{name}.parquet", work / f"{name}.parquet"):
+        if candidate is not None and Path(candidate).exists():
+            return read_embeddings(candidate)[1], str(candidate)
+    catalog, _ = import_dataset(shared_data_dir() / SOURCES[name])
+    log(f"{name}: no cached embeddings; embedding {catalog.num_rows} items")
+    X = TextEmbedder().embed(item_text(catalog))
+    out = write_embeddings(work / f"{name}.parquet", catalog.column("item_id").to_pylist(), X)
+    return X, f"computed -> {out}"
+
+
+# ---------------------------------------------------------------- the four methods
+# Each returns (fit, encode, decode): fit(Z) on the standardised matrix; encode(Z) -> codes (n, 3);
+# decode(codes) -> standardised reconstruction. Ours are wrapped to speak the same (standardised)
+# language: they standardise inside with the same statistics, so we pass raw X and map back.
+
+
+def ours(method: str, std: Standardiser, epochs: int | None, threads: int):
+    overrides = {"method": method, "threads": threads, "levels": LEVELS, "codebook_size": SIZE}
+    if epochs is not None and method == "rqvae":
+        overrides["epochs"] = epochs
+    tok = make_tokenizer(QuantizerConfig(**overrides))
+    raw = lambda Z: std.inverse(torch.from_numpy(Z)).numpy()  # noqa: E731
+
+    def fit(Z):
+        tok.fit(raw(Z), progress=False)
+
+    return fit, lambda Z: tok.encode(raw(Z)), lambda codes: std.forward(torch.from_numpy(tok.decode(codes))).numpy()
+
+
+def faiss_rq(threads: int):
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    state: dict[str, Any] = {}
+
+    def fit(Z):
+        state["rq"] = faiss.ResidualQuantizer(Z.shape[1], LEVELS, 8)
+        state["rq"].train(np.ascontiguousarray(Z))
+
+    def encode(Z):
+        return state["rq"].compute_codes(np.ascontiguousarray(Z)).astype(np.int64)  # 8 bits: one byte per level
+
+    return fit, encode, lambda codes: state["rq"].decode(np.ascontiguousarray(codes.astype(np.uint8)))
+
+
+def vq_pytorch(epochs: int, batch: int, seed: int):
+    from vector_quantize_pytorch import ResidualVQ
+
+    state: dict[str, Any] = {}
+
+    def fit(Z):
+        torch.manual_seed(seed)
+        rvq = ResidualVQ(dim=Z.shape[1], num_quantizers=LEVELS, codebook_size=SIZE, kmeans_init=True,
+                         kmeans_iters=10, threshold_ema_dead_code=2, decay=0.8)
+        rvq.train()
+        X = torch.from_numpy(Z)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # EMA codebooks: the forward pass in train mode updates them
+            for _ in range(epochs):
+                order = torch.randperm(len(X), generator=gen)
+                for s in range(0, len(X), batch):
+                    rvq(X[order[s:s + batch]][None])
+        state["rvq"] = rvq.eval()
+
+    @torch.no_grad()
+    def encode(Z):
+        return state["rvq"](torch.from_numpy(Z)[None])[1][0].numpy().astype(np.int64)
+
+    @torch.no_grad()
+    def decode(codes):
+        return state["rvq"].get_output_from_indices(torch.from_numpy(codes)[None])[0].numpy()
+
+    return fit, encode, decode
+
+
+def timed(fn: Callable, *args) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def measure(name: str, method, X: np.ndarray, std: Standardiser, total_var: float) -> dict[str, Any]:
+    fit, encode, decode = method
+    Z = std.forward(torch.from_numpy(X)).numpy()
+    _, fit_s = timed(fit, Z)
+    codes, encode_s = timed(encode, Z)
+    X_hat = std.inverse(torch.from_numpy(np.ascontiguousarray(decode(codes), dtype=np.float32))).numpy()
+    errors = ((X_hat - X) ** 2).sum(1)
+    errors_std = ((std.forward(torch.from_numpy(X_hat)).numpy() - Z) ** 2).sum(1)
+    report = distribution_report(codes, [SIZE] * LEVELS)
+    row = {"method": name, "fit_s": fit_s, "encode_s": encode_s, "encode_items_per_s": len(X) / encode_s,
+           "recon_error": float(errors.mean()), "recon_rel": float(errors.mean() / total_var),
+           "recon_error_std": float(errors_std.mean()),
+           "collision_rate": report["collision_rate"], "layer2_gini": report["layers"][1]["gini"]}
+    for layer in report["layers"]:
+        row[f"util_l{layer['level']}"] = layer["utilisation"]
+        row[f"gini_l{layer['level']}"] = layer["gini"]
+    log(f"  {name}: fit {fit_s:.1f} s, encode {encode_s:.2f} s, recon {row['recon_error']:.4f} "
+        f"({row['recon_rel']:.3f} of variance), L2 Gini {row['layer2_gini']:.3f}, collisions {row['collision_rate']:.4f}")
+    return row
+
+
+def run_dataset(name: str, X: np.ndarray, args) -> dict[str, Any]:
+    std = Standardiser.fit(torch.from_numpy(X))
+    total_var = float(((X - X.mean(0)) ** 2).sum(1).mean())
+    methods = {
+        "rqsid RQ-VAE": ours("rqvae", std, args.rqvae_epochs, args.threads),
+        "rqsid residual k-means": ours("rkmeans", std, None, args.threads),
+        "faiss ResidualQuantizer": faiss_rq(args.threads),
+        "vector-quantize-pytorch ResidualVQ": vq_pytorch(args.vq_epochs, args.vq_batch, seed=0),
+    }
+    log(f"{name}: {X.shape[0]} x {X.shape[1]}, total variance {total_var:.4f}")
+    rows = [measure(label, method, X, std, total_var) for label, method in methods.items()]
+    faiss_row = rows[2]
+    best_peer = min(rows[2:], key=lambda r: r["recon_error"])
+    for row in rows:
+        row["fit_vs_faiss"] = row["fit_s"] / faiss_row["fit_s"]
+        row["recon_vs_best_peer"] = row["recon_error"] / best_peer["recon_error"]
+    return {"dataset": name, "n_items": int(X.shape[0]), "dim": int(X.shape[1]), "total_variance": total_var,
+            "best_peer": best_peer["method"], "rows": rows}
+
+
+COLUMNS = [("method", "method", ""), ("fit s", "fit_s", ".1f"), ("fit / faiss", "fit_vs_faiss", ".2f"),
+           ("encode s", "encode_s", ".2f"), ("recon error", "recon_error", ".4f"),
+           ("recon / variance", "recon_rel", ".3f"), ("recon / best peer", "recon_vs_best_peer", ".3f"),
+           ("recon (standardised)", "recon_error_std", ".1f"),
+           ("util L1", "util_l1", ".3f"), ("util L2", "util_l2", ".3f"), ("util L3", "util_l3", ".3f"),
+           ("Gini L1", "gini_l1", ".3f"), ("Gini L2", "gini_l2", ".3f"), ("Gini L3", "gini_l3", ".3f"),
+           ("collision rate", "collision_rate", ".4f")]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    notes = [
+        f"Equal code budget: {LEVELS} levels x {SIZE} codes (3 x 8 bits) for every method; same {result['threads']} "
+        "torch/OpenMP thread(s) each. Reconstruction error = mean over items of the squared L2 error in the raw "
+        "embedding space (every method fits on the same per-dimension standardised embeddings and is mapped back); "
+        "'recon / variance' = that error / the data's total variance (share left unexplained); "
+        "'recon (standardised)' = the same error in the standardised space that every method is fitted in.",
+        f"Settings: RQ-VAE {result['rqvae_epochs'] or 'default'} epochs (early stopping), residual k-means "
+        f"{QuantizerConfig().kmeans_iters} Lloyd iterations per level, faiss defaults (beam-search training and encoding), "
+        f"ResidualVQ {result['vq_epochs']} epochs of batch {result['vq_batch']} (EMA decay 0.8, k-means init, "
+        "dead-code threshold 2)." + (" QUICK mode: subset and short fits." if result["quick"] else ""),
+    ]
+    lines = header("Tokenizers vs peers (faiss, vector-quantize-pytorch)", result, notes)
+    for ds in result["datasets"]:
+        lines += [f"## {ds['dataset']} ({ds['n_items']} items x {ds['dim']}, embeddings: {ds['source']})", ""]
+        lines += md_table(ds["rows"], COLUMNS) + [""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    parser.add_argument("--embeddings", nargs="*", type=Path, default=[], help="one parquet per dataset, in order")
+    parser.add_argument("--quick", action="store_true", help="3,000 items, RQ-VAE 15 epochs, ResidualVQ 5 epochs")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rqvae-epochs", type=int, default=None, help="default: the quantizer config's")
+    parser.add_argument("--vq-epochs", type=int, default=20)
+    parser.add_argument("--vq-batch", type=int, default=1024)
+    parser.add_argument("--work", type=Path, default=Path("/work/scratch/bench-tokenizers"))
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    if args.quick:
+        args.rqvae_epochs, args.vq_epochs = args.rqvae_epochs or 15, min(args.vq_epochs, 5)
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    result = new_result(threads=args.threads, quick=args.quick, rqvae_epochs=args.rqvae_epochs,
+                        vq_epochs=args.vq_epochs, vq_batch=args.vq_batch, datasets=[])
+    for i, name in enumerate(args.datasets):
+        X, source = load_embeddings(name, args.embeddings[i] if i < len(args.embeddings) else None, args.work)
+        if args.quick:
+            X = X[np.random.default_rng(0).permutation(len(X))[:3000]]
+        result["datasets"].append({**run_dataset(name, np.ascontiguousarray(X, dtype=np.float32), args), "source": source})
+    write_result("tokenizers" + ("_quick" if args.quick else "") + args.tag, result, markdown(result))
+
+
+if __name__ == "__main__":
+    main()
