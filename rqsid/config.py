@@ -90,6 +90,7 @@ class GeneratorConfig(_Section):
     lr_decay_patience: int = Field(3, ge=1, description="validations without a gain that make a plateau")
     beam_size: int = Field(20, ge=1)
     max_train_minutes: float = Field(80.0, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch threads while training; None = torch's default (1 is faster on a busy machine)")
     seed: int = 0
 
 

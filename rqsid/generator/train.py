@@ -25,6 +25,7 @@ from rqsid.generator.beam import DepthMasks, depth_masks, recommend
 from rqsid.generator.data import Sequences, SidVocab, eval_batch, train_batch, user_bucket
 from rqsid.generator.evaluate import split_metrics
 from rqsid.generator.model import GenerativeRetriever
+from rqsid.quantize.base import fit_context
 from rqsid.trie import SidTrie
 
 FORMAT_VERSION = 1
@@ -47,11 +48,6 @@ class TrainedGenerator:
 
 def build_trie(vocab: SidVocab) -> SidTrie:
     return SidTrie.build(vocab.tokens, vocab.vocab_size)
-
-
-def _seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
 
 
 def evaluate_split(
@@ -142,7 +138,11 @@ def train_generator(
     """
     if cfg.use_query and not seqs.has_queries:
         raise RqsidError("generator.use_query is set but the sequences have no embedded queries")
-    _seed_everything(cfg.seed)
+    with fit_context(cfg.seed, cfg.threads):  # seeded, deterministic kernels, the caller's RNG restored after
+        return _train(seqs, vocab, cfg, out_dir, progress, log)
+
+
+def _train(seqs, vocab, cfg, out_dir, progress, log) -> TrainedGenerator:
     query_dim = seqs.query_vectors.shape[1] if cfg.use_query else 0
     model = GenerativeRetriever(vocab, cfg, query_dim)
     trained = TrainedGenerator(model, vocab, build_trie(vocab), cfg, query_dim)
