@@ -11,7 +11,7 @@ import json
 from contextlib import contextmanager
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -103,6 +103,17 @@ def residual_assign(residual: torch.Tensor, codebooks: torch.Tensor) -> tuple[to
         codes[:, level], _ = nearest_centroid(residual, codebook)
         residual -= codebook[codes[:, level]]
     return codes, residual
+
+
+ENCODE_CHUNK = 65_536  # rows standardised and encoded at a time: memory stays O(chunk), not O(n), besides X
+
+
+def encode_in_chunks(X: torch.Tensor, encode_block: Callable[[torch.Tensor], torch.Tensor],
+                     chunk: int | None = None) -> np.ndarray:
+    """int64 codes (n, L) of X, `encode_block` applied to one row block at a time (no full-size copies of X)."""
+    chunk = chunk or ENCODE_CHUNK
+    parts = [encode_block(X[start : start + chunk]) for start in range(0, X.shape[0], chunk)]
+    return torch.cat(parts).numpy()
 
 
 def sum_codewords(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rqsid.quantize.base import Standardiser, fit_context, torch_threads, Tokenizer, as_matrix, check_codes, residual_assign, sum_codewords
+from rqsid.quantize.base import Standardiser, fit_context, torch_threads, Tokenizer, as_matrix, check_codes, encode_in_chunks, residual_assign, sum_codewords
 from rqsid.quantize.kmeans import kmeans
 
 
@@ -57,9 +57,9 @@ class ResidualKMeans(Tokenizer):
 
     def encode(self, X: Any) -> np.ndarray:
         self._check_fitted()
+        X = as_matrix(X, self.input_dim)
         with torch_threads(self.config.threads):
-            codes, _ = residual_assign(self.standardiser.forward(as_matrix(X, self.input_dim)), self.codebooks)
-        return codes.numpy()
+            return encode_in_chunks(X, lambda block: residual_assign(self.standardiser.forward(block), self.codebooks)[0])
 
     def decode(self, codes: Any) -> np.ndarray:
         self._check_fitted()

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rqsid import RqsidError
-from rqsid.quantize.base import Standardiser, fit_context, torch_threads, Tokenizer, as_matrix, check_codes, residual_assign, sum_codewords
+from rqsid.quantize.base import Standardiser, fit_context, torch_threads, Tokenizer, as_matrix, check_codes, encode_in_chunks, residual_assign, sum_codewords
 from rqsid.quantize.kmeans import kmeans
 
 _INFERENCE_BATCH = 8192
@@ -244,10 +244,11 @@ class RQVAE(Tokenizer):
     @torch.no_grad()
     def encode(self, X: Any) -> np.ndarray:
         self._check_fitted()
+        X = as_matrix(X, self.input_dim)
+        codebooks = self.model.codebooks.detach()
+        self.model.eval()
         with torch_threads(self.config.threads):
-            latents = self._latents(self.standardiser.forward(as_matrix(X, self.input_dim)))
-            codes, _ = residual_assign(latents, self.model.codebooks.detach())
-        return codes.numpy()
+            return encode_in_chunks(X, lambda block: residual_assign(self._latents(self.standardiser.forward(block)), codebooks)[0])
 
     @torch.no_grad()
     def decode(self, codes: Any) -> np.ndarray:
