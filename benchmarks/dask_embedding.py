@@ -89,8 +89,27 @@ def markdown(result: dict) -> str:
                      f"{row.get('seconds', row.get('seconds_embed')):.1f} | {row.get('n_partitions', '-')} | "
                      f"{row['cores_used']:.2f} | {row['items_per_cpu_s']:.1f} | {row['load_before']} |")
     lines += ["", f"Warm speed-up of 2 workers over 1: **{result['speedup_2_over_1_warm']:.2f}x**; "
-              f"max |difference| of the vectors vs the single process: {result['max_abs_diff']:.2e}.", ""]
+              f"max |difference| of the vectors vs the single process: {result['max_abs_diff']:.2e}.",
+              "", conclusion(result), ""]
     return "\n".join(lines)
+
+
+def conclusion(result: dict) -> str:
+    """Why 2 workers did or did not beat 1: compare the cores each run actually got and the CPU cost per item."""
+    warm = {r["n_workers"]: r for r in result["runs"] if r.get("run") == "warm"}
+    if 1 not in warm or 2 not in warm:
+        return ""
+    one, two = warm[1], warm[2]
+    text = (f"Cores used = worker CPU seconds / wall seconds. Warm: 1 worker got {one['cores_used']:.2f} cores, "
+            f"2 workers {two['cores_used']:.2f}; CPU cost per item was {one['items_per_cpu_s']:.1f} vs "
+            f"{two['items_per_cpu_s']:.1f} items per CPU-second. ")
+    if two["cores_used"] < 1.5 * one["cores_used"]:
+        text += ("The second worker brought no extra CPU (the cores were shared with other jobs, see the load "
+                 "average), so 2 workers could not beat 1 here; with the same cost per item, an idle 2-core "
+                 "machine should give about twice the throughput with 2 workers (an estimate, not measured here).")
+    else:
+        text += "The second worker got its own core, and throughput followed the cores used."
+    return text
 
 
 def main() -> None:

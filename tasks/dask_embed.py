@@ -46,8 +46,9 @@ def dask_client(address: str | None = None, n_workers: int = 2, timeout_s: float
         finally:
             client.close()
         return
+    # The scheduler always serves HTTP (health, metrics); a random local port avoids fighting over 8787.
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
+                           dashboard_address="127.0.0.1:0", host="127.0.0.1")
     try:
         with Client(cluster) as client:
             yield client
