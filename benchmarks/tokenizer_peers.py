@@ -1,5 +1,8 @@
 """Tokenizers against peers at an equal code budget (3 levels x 256 codes = 3 x 8 bits per item).
 
+(Not named tokenizers.py: scripts run with benchmarks/ first on sys.path, and that name would shadow
+the Hugging Face `tokenizers` package that sentence-transformers imports.)
+
 Ours: the RQ-VAE (`make_tokenizer` with method rqvae) and residual k-means (rkmeans); peers: faiss
 ResidualQuantizer (3 x 8 bits, its default beam-search training and encoding) and
 vector_quantize_pytorch.ResidualVQ (3 quantizers x 256, EMA codebooks, k-means init, dead-code
@@ -13,8 +16,8 @@ variance (share of variance left unexplained). Codes go through rqsid.metrics.di
 (utilisation per layer, layer-2 Gini, collision rate). All methods run with the same torch / OpenMP
 thread count (--threads).
 
-    .venv/bin/python benchmarks/tokenizers.py              # both datasets, full
-    .venv/bin/python benchmarks/tokenizers.py --quick      # a 3,000-item subset, short fits
+    .venv/bin/python benchmarks/tokenizer_peers.py              # both datasets, full
+    .venv/bin/python benchmarks/tokenizer_peers.py --quick      # a 3,000-item subset, short fits
 """
 
 from __future__ import annotations
