@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--work", type=Path, default=Path(os.environ.get("RQSID_BENCH_WORK", "/work/scratch/gen/bench")),
                    help="folder for embeddings, tokenizer, SIDs and models (outside the repo)")
+    p.add_argument("--reuse-sids", action="store_true", help="reuse WORK/sids.parquet when it was fitted with the same quantizer config")
     p.add_argument("--tag", default="", help="suffix of the result files (beauty_generator{tag}.json/.md)")
     return p.parse_args(argv)
 
@@ -69,20 +70,29 @@ def load_embeddings(args, catalog, config, work: Path):
     return ids, X
 
 
-def fit_sids(item_ids, X, config, work: Path) -> tuple[dict, object, object]:
+def fit_sids(item_ids, X, config, work: Path, reuse: bool = False) -> tuple[dict, object, object]:
     """Our RQ-VAE SIDs (unpruned) and their adaptive pruning; with timing and the pruning decision."""
     from rqsid.metrics import table_report
     from rqsid.prune import auto_prune
     from rqsid.quantize import make_tokenizer
     from rqsid.sids import assign_sids, write_sids
 
-    t0 = time.perf_counter()
-    log(f"fitting {config.quantizer.method} {config.quantizer.levels}x{config.quantizer.codebook_size}")
-    tokenizer = make_tokenizer(config.quantizer).fit(X)
-    unpruned = assign_sids(item_ids, tokenizer.encode(X), tokenizer.codebook_sizes)
-    fit_s = time.perf_counter() - t0
+    from rqsid.sids import read_sids
+
+    cached = work / "sids.parquet"
+    fit_info = work / "fit.json"
+    if reuse and cached.exists() and fit_info.exists() and json.loads(fit_info.read_text())["quantizer"] == config.quantizer.model_dump():
+        log(f"reusing the SIDs in {cached}")
+        unpruned, fit_s = read_sids(cached), json.loads(fit_info.read_text())["fit_seconds"]
+    else:
+        t0 = time.perf_counter()
+        log(f"fitting {config.quantizer.method} {config.quantizer.levels}x{config.quantizer.codebook_size}")
+        tokenizer = make_tokenizer(config.quantizer).fit(X)
+        unpruned = assign_sids(item_ids, tokenizer.encode(X), tokenizer.codebook_sizes)
+        fit_s = time.perf_counter() - t0
+        write_sids(cached, unpruned)
+        fit_info.write_text(json.dumps({"quantizer": config.quantizer.model_dump(), "fit_seconds": fit_s}))
     result = auto_prune(unpruned, config.prune)
-    write_sids(work / "sids.parquet", unpruned)
     write_sids(work / "sids_pruned.parquet", result.table)
     before, after = table_report(unpruned), result.report
     info = {
@@ -159,6 +169,8 @@ def markdown(results: dict) -> str:
         "Head/tail: targets whose unpruned layer-2 token is among the most frequent layer-2 tokens covering half of the items.",
         "The search variant (if present) conditions on a query derived from the target's category path and brand: another task, not comparable with the rows above.",
     ]
+    if results.get("pruned_note"):
+        notes.append(f"Pruned SIDs: {results['pruned_note']}.")
     if sids:
         notes.append(f"Our SIDs: {sids['quantizer']['method']} {sids['quantizer']['levels']}x{sids['quantizer']['codebook_size']}, "
                      f"layer-2 Gini {sids['layer2_gini']['unpruned']:.3f} unpruned -> {sids['layer2_gini']['pruned']:.3f} pruned (K={sids['prune']['k']}).")
@@ -190,7 +202,7 @@ def main(argv=None) -> int:
     needs_ours = any(v in variants for v in ("popularity", "unpruned", "pruned", "search"))
     if needs_ours:
         item_ids, X = load_embeddings(args, catalog, config, work)
-        results["sids"], unpruned, pruned = fit_sids(item_ids, X, config, work)
+        results["sids"], unpruned, pruned = fit_sids(item_ids, X, config, work, reuse=args.reuse_sids)
     else:
         unpruned = pruned = load_reference_index(beauty / "reference-sids" / "rqvae.index.json", id_offset=1)
     if "popularity" in variants:
@@ -199,6 +211,10 @@ def main(argv=None) -> int:
             "reference": (load_reference_index(beauty / "reference-sids" / "rqvae.index.json", id_offset=1), config.generator),
             "search": (unpruned, config.generator.model_copy(update={"use_query": True}))}
     for name in ("unpruned", "pruned", "reference", "search"):
+        if name == "pruned" and "pruned" in variants and results["sids"]["prune"]["k"] == 0:
+            log("pruning chose K=0 (layer 2 already passes the gate): the pruned SIDs ARE the unpruned ones; not trained twice")
+            results["pruned_note"] = "choose_k returned K=0: layer-2 Gini already under prune.gini_threshold, so the pruned run equals the unpruned one"
+            continue
         if name in variants:
             table, gcfg = runs[name]
             split_by = table if name == "reference" else unpruned

@@ -30,36 +30,33 @@ MIN_ITEMS = 3  # one training item, the validation target and the test target
 class SidVocab:
     """What the model needs from a SID table: per-item token rows over one global vocabulary.
 
-    `tokens` (n, T) holds each item's tokens in level order, then `eos`, then -1 padding.
-    `level_of_token` (V,) is the token's level (0-based; the dedup level is L, eos is L + 1).
+    `tokens` (n, T) holds each item's tokens in level order, then `eos`, then -1 padding; token ids
+    follow the SidTable vocabulary (levels, then dedup, then eos = vocab_size - 1).
     """
 
     item_ids: np.ndarray
     tokens: np.ndarray
     vocab_size: int
     eos: int
-    level_of_token: np.ndarray
 
     @classmethod
     def from_sid_table(cls, table) -> "SidVocab":
-        tokens = np.asarray(table.token_matrix(), dtype=np.int64)
-        sizes = [int(s) for s in table.level_sizes]
-        eos = int(table.eos)
-        levels = np.repeat(np.arange(len(sizes) + 2), sizes + [eos - sum(sizes), 1])
-        return cls.build(np.asarray(table.item_ids, dtype=object), tokens, eos, levels)
+        return cls.build(np.asarray(table.item_ids, dtype=object), table.token_matrix(), int(table.eos))
 
     @classmethod
-    def build(cls, item_ids: np.ndarray, tokens: np.ndarray, eos: int, level_of_token: np.ndarray) -> "SidVocab":
+    def build(cls, item_ids: np.ndarray, tokens: np.ndarray, eos: int) -> "SidVocab":
+        """From an (n, T) token matrix whose rows end with `eos` (the largest token id)."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        ends = (tokens == eos).sum(axis=1)
         if tokens.ndim != 2 or len(tokens) != len(item_ids):
             raise RqsidError(f"token matrix has shape {tokens.shape} for {len(item_ids)} items")
-        bad = np.flatnonzero(ends != 1)
+        bad = np.flatnonzero((tokens == eos).sum(axis=1) != 1)
         if len(bad):
             raise RqsidError(f"{len(bad)} SIDs do not end with exactly one eos token (rows {bad[:5].tolist()})")
         if len(pd.unique(pd.Series(item_ids))) != len(item_ids):
             raise RqsidError("SID table has duplicate item ids")
-        return cls(np.asarray(item_ids, dtype=object), tokens, eos + 1, eos, np.asarray(level_of_token, dtype=np.int64))
+        if tokens.max() > eos:
+            raise RqsidError(f"token ids reach {int(tokens.max())} beyond the end token {eos}")
+        return cls(np.asarray(item_ids, dtype=object), tokens, eos + 1, eos)
 
     @property
     def n_items(self) -> int:
