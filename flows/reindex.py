@@ -110,6 +110,8 @@ def reindex(
         "timing": recorder.timing(),
     }
     logger.info("published index %s (%s)", index.version, "reused" if index.reused else "new")
+    if result["sid_changes"]:
+        logger.info("SIDs vs the previous version: %(sids_changed)d changed, %(sids_kept)d kept", result["sid_changes"])
     return result
 
 

@@ -20,9 +20,9 @@ def prefect_api(project_home):
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()  # send the queued run logs while the server is still up
+            APILogWorker.drain_all(timeout=10)  # send the queued run logs while the server is still up
     finally:
         server.stop()
 

@@ -27,7 +27,7 @@ CONFIG = {
                   "warmup_epochs": 2},
     "gate": {"max_collision_rate": 0.5},
     "prune": {"max_collision_rate": 0.5},
-    "generator": {"epochs": 2, "d_model": 32, "n_heads": 2, "n_layers": 1, "batch_size": 128, "valid_users": 200,
+    "generator": {"epochs": 1, "d_model": 32, "n_heads": 2, "n_layers": 1, "batch_size": 128, "valid_users": 100,
                   "beam_size": 10, "eval_every": 1, "warmup_steps": 10, "max_train_minutes": 1.0},
     "orchestration": {"dask_workers": 2, "partition_rows": 250},
 }
@@ -44,9 +44,9 @@ def prefect_api(project_home):
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()  # send the queued run logs while the server is still up
+            APILogWorker.drain_all(timeout=10)  # send the queued run logs while the server is still up
     finally:
         server.stop()
 
@@ -175,7 +175,9 @@ def test_a_gate_that_cannot_pass_publishes_nothing(published, scientific, tmp_pa
     current, versions = reg.current(), reg.versions()
     # an item with another's exact text gets the same codes: collisions that no pruning can remove
     twin = scientific.slice(7, 1).set_column(0, "item_id", pa.array(["twin-of-7"]))
-    catalog = _write(pa.concat_tables([scientific.slice(0, 400), scientific.slice(400, 20), twin]), tmp_path / "a")
+    # and two bad rows for the quarantine: a repeated id and an empty one
+    bad = pa.concat_tables([scientific.slice(3, 1), scientific.slice(9, 1).set_column(0, "item_id", pa.array([""]))])
+    catalog = _write(pa.concat_tables([scientific.slice(0, 400), scientific.slice(400, 20), twin, bad]), tmp_path / "a")
     impossible = {**CONFIG, "gate": {"max_collision_rate": 0.0}}
     with pytest.raises(GateFailed, match="distribution gate still fails after pruning.*nothing was published"):
         reindex(catalog=catalog, config=impossible)
@@ -190,8 +192,13 @@ def test_a_gate_that_cannot_pass_publishes_nothing(published, scientific, tmp_pa
     assert failed and "gx/distribution.json" in _artifacts(client, failed[0].info.run_id)
     # resuming after the failure: the stored embeddings are reused, only the gate decision is redone
     result = reindex(catalog=catalog, config=CONFIG)
-    _, _, stages = _runs(result["mlflow_run_id"])
+    client, _, stages = _runs(result["mlflow_run_id"])
     assert stages["embed"].data.metrics["n_embedded"] == 0 and reg.current() == result["index_version"]
+    # the bad rows were quarantined, counted, and kept beside the run; the GX suite saw them on the raw rows
+    assert stages["catalog"].data.metrics["n_quarantined"] == 2
+    assert stages["catalog"].data.metrics["catalog_gate_raw_success"] == 0.0
+    assert {"quarantine/quarantine.parquet", "gx/catalog.json"} <= _artifacts(client, stages["catalog"].info.run_id)
+    assert json.loads((Path(result["index_path"]) / "manifest.json").read_text())["n_items"] == 421
 
 
 def test_drift_starts_a_run_of_the_retrain_deployment(prefect_api, published, scientific, tmp_path):
@@ -221,7 +228,7 @@ def test_nightly_chain_trains_and_promotes_only_a_better_generator(prefect_api):
     from flows.retrain import RANK_BY, model_name, retrain
     from tasks.tracking import Tracker
 
-    first = nightly(catalog=None, config=CONFIG, demo_items=400)
+    first = nightly(catalog=None, config=CONFIG, demo_items=300)
     assert first["drift"]["index_version"] is None and first["reindex"]["refit"]
     model = first["retrain"]
     assert model["promoted"] and model["model_version"] == 1
@@ -239,7 +246,7 @@ def test_nightly_chain_trains_and_promotes_only_a_better_generator(prefect_api):
     assert again["reused"] and again["model_version"] == 1
 
     # another config: a new version, champion only if it wins on validation Recall@10 / NDCG@10
-    other = retrain(catalog_name="demo", config={**CONFIG, "generator": {**CONFIG["generator"], "epochs": 1, "d_model": 16}})
+    other = retrain(catalog_name="demo", config={**CONFIG, "generator": {**CONFIG["generator"], "d_model": 16}})
     assert other["model_version"] == 2
     scores = {v["model_version"]: tuple(v["metrics"]["valid"]["all"][k] for k in ("recall@10", "ndcg@10"))
               for v in (model, other)}
