@@ -76,32 +76,57 @@ def write_synthetic(path: Path, n: int, seed: int = 0, topics: int = 400, subtop
 # ---------------------------------------------------------------- one catalog size (child process)
 
 
+def read_by_row_groups(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """What rqsid.embed.read_embeddings returns, read one row group at a time into a preallocated matrix
+    (peak = the matrix + one row group, instead of the Arrow table + a combined copy + a float copy)."""
+    from rqsid import RqsidError
+
+    parquet = pq.ParquetFile(path)
+    n, dim = parquet.metadata.num_rows, parquet.schema_arrow.field("vector").type.list_size
+    ids, X, pos = np.empty(n, dtype=object), np.empty((n, dim), dtype=np.float32), 0
+    for group in range(parquet.num_row_groups):
+        table = parquet.read_row_group(group)
+        vectors = table.column("vector").combine_chunks()  # one row group: no real copy
+        m = len(vectors)
+        X[pos : pos + m] = vectors.flatten().to_numpy().reshape(m, dim)
+        ids[pos : pos + m] = table.column("item_id").to_numpy(zero_copy_only=False)
+        if not np.isfinite(X[pos : pos + m]).all():
+            raise RqsidError(f"embeddings {path}: NaN or inf in row group {group}")
+        pos += m
+    return ids, X
+
+
 def reindex(embeddings: Path, out_dir: Path, fit_sample: int, method: str, epochs: int | None, threads: int | None,
-            real_gates: bool) -> dict[str, Any]:
+            real_gates: bool, tokenizer_dir: Path | None = None, lean_read: bool = False) -> dict[str, Any]:
     import torch
 
     from rqsid.config import GateConfig, PruneConfig, QuantizerConfig
     from rqsid.embed import read_embeddings
     from rqsid.metrics import table_report
     from rqsid.prune import choose_k
-    from rqsid.quantize import make_tokenizer
+    from rqsid.quantize import load_tokenizer, make_tokenizer
     from rqsid.sids import assign_sids, write_sids
     from rqsid.trie import SidTrie
 
     if threads:
         torch.set_num_threads(threads)
     stages = Stages()
-    with stages("read embeddings"):
-        ids, X = read_embeddings(embeddings)
+    with stages("read embeddings" + (" (row-group read)" if lean_read else "")):
+        ids, X = read_by_row_groups(embeddings) if lean_read else read_embeddings(embeddings)
     n = len(ids)
-    overrides: dict[str, Any] = {"method": method, "threads": threads}
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    tok = make_tokenizer(QuantizerConfig(**overrides))
-    with stages("fit (sample)", items=min(fit_sample, n)) as row:
-        sample = np.sort(np.random.default_rng(0).choice(n, min(fit_sample, n), replace=False))
-        tok.fit(X[sample], progress=False)
-        row["epochs_run"] = sum(1 for h in tok.history if h.get("phase") == "train") or None
+    if tokenizer_dir:
+        with stages("load tokenizer (no refit)"):
+            tok = load_tokenizer(tokenizer_dir)
+    else:
+        overrides: dict[str, Any] = {"method": method, "threads": threads}
+        if epochs is not None:
+            overrides["epochs"] = epochs
+        tok = make_tokenizer(QuantizerConfig(**overrides))
+        with stages("fit (sample)", items=min(fit_sample, n)) as row:
+            sample = np.sort(np.random.default_rng(0).choice(n, min(fit_sample, n), replace=False))
+            tok.fit(X[sample], progress=False)
+            row["epochs_run"] = sum(1 for h in tok.history if h.get("phase") == "train") or None
+        tok.save(out_dir / f"tokenizer-{n}")
     with stages("encode (SID codes)"):
         codes = tok.encode(X)
     with stages("assign SIDs (dedup)"):
@@ -159,6 +184,8 @@ def run_size(n: int, args) -> dict[str, Any]:
     cmd += ["--epochs", str(args.epochs)] if args.epochs is not None else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     cmd += ["--real-gates"] if args.real_gates else []
+    cmd += ["--tokenizer", str(args.tokenizer)] if args.tokenizer else []
+    cmd += ["--lean-read"] if args.lean_read else []
     log(f"re-index of {n} items in a fresh process")
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
@@ -183,11 +210,17 @@ def _num(value, spec: str = ".3f") -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     sizes = [r["n_items"] for r in result["sizes"]]
-    notes = [f"Synthetic skewed 384-d embeddings (Zipf topics x Zipf sub-topics, normalised), tokenizer "
-             f"{result['method']} fitted on a {result['fit_sample']}-item sample"
-             + (f" ({result['epochs']} epochs max)" if result["epochs"] else " (config defaults, early stopping)")
+    fitted = (f"tokenizer {result['method']} fitted on a {result['fit_sample']}-item sample"
+              + (f" ({result['epochs']} epochs max)" if result["epochs"] else " (config defaults, early stopping)"))
+    notes = [f"Synthetic skewed 384-d embeddings (Zipf topics x Zipf sub-topics, normalised), "
+             + ("a saved tokenizer" if result.get("tokenizer") else fitted)
              + f", torch threads {result['threads'] or 'default'}. Peak RSS sampled per stage (psutil, 20 ms) in a "
              "fresh process per size. Target: 1M re-index under 600 s and 6 GB peak."]
+    if result.get("tokenizer"):
+        notes.append(f"No refit: the tokenizer saved at {result['tokenizer']} is loaded (the stable re-index path).")
+    if result.get("lean_read"):
+        notes.append("Embeddings read row group by row group into one preallocated matrix (benchmarks/scale.py "
+                     "read_by_row_groups), not with rqsid.embed.read_embeddings.")
     lines = header("Scale: re-index from precomputed embeddings", result, notes)
     for res in result["sizes"]:
         lines += [f"## {res['n_items']:,} items: {res['total_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
@@ -204,6 +237,12 @@ def markdown(result: dict[str, Any]) -> str:
                                              ("time x", "time_growth", ".2f"), ("MB small", "mb_small", ".0f"),
                                              ("MB large", "mb_large", ".0f"), ("memory x", "mem_growth", ".2f")]) + [""]
     big = result["sizes"][-1]
+    for res in ([] if result.get("tokenizer") else result["sizes"]):
+        fit_s = sum(r["seconds"] for r in res["stages"] if r["stage"].startswith("fit"))
+        lines.append(f"- {res['n_items']:,} items: re-index {res['total_s']:.0f} s with the tokenizer fit ({fit_s:.0f} s, "
+                     f"fixed-size sample: independent of the catalog size), {res['total_s'] - fit_s:.0f} s without it "
+                     "(the stable re-index path, which reuses the published tokenizer while drift stays in bounds).")
+    lines.append("")
     lines.append(f"Largest catalog ({big['n_items']:,}): {big['total_s']:.0f} s (target {TARGET_S} s: "
                  f"{'met' if big['total_s'] < TARGET_S else 'MISSED'}), peak {big['peak_rss_mb'] / 1024:.2f} GB "
                  f"(target 6 GB: {'met' if big['peak_rss_mb'] < TARGET_MB else 'MISSED'}).")
@@ -220,22 +259,32 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: more oversubscribes a busy 2-core box)")
     parser.add_argument("--real-gates", action="store_true", help="run the GX gates (tasks.gates) instead of the numpy equivalent")
     parser.add_argument("--work", type=Path, default=Path("/work/scratch/bench-scale"))
+    parser.add_argument("--tokenizer", type=Path, help="reuse this saved tokenizer (the stable re-index path: no refit)")
+    parser.add_argument("--lean-read", action="store_true",
+                        help="read the embeddings row group by row group into one matrix instead of rqsid.embed.read_embeddings")
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--render", type=Path, help="only re-write the markdown of a results JSON")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = reindex(args.child, args.work, args.fit_sample, args.method, args.epochs, args.threads, args.real_gates)
+        result = reindex(args.child, args.work, args.fit_sample, args.method, args.epochs, args.threads, args.real_gates,
+                         args.tokenizer, args.lean_read)
         args.child_out.write_text(json.dumps(result, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+        return
+    if args.render:
+        result = json.loads(args.render.read_text())
+        write_result(args.render.stem, result, markdown(result), args.render.parent)
         return
     if args.quick:
         args.sizes, args.fit_sample, args.epochs = [20_000, 100_000], min(args.fit_sample, 5000), args.epochs or 10
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     sizes = [run_size(n, args) for n in args.sizes]
-    result = new_result(method=args.method, fit_sample=args.fit_sample, epochs=args.epochs, threads=args.threads,
+    result = new_result(tokenizer=str(args.tokenizer) if args.tokenizer else None, lean_read=args.lean_read, method=args.method, fit_sample=args.fit_sample, epochs=args.epochs, threads=args.threads,
                         real_gates=args.real_gates, quick=args.quick, sizes=sizes, growth=growth(sizes),
                         wall_s=round(time.perf_counter() - start, 1))
-    write_result("scale" + ("_quick" if args.quick else ""), result, markdown(result))
+    write_result("scale" + ("_quick" if args.quick else "") + args.tag, result, markdown(result))
 
 
 if __name__ == "__main__":

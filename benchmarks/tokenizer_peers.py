@@ -155,14 +155,17 @@ def run_dataset(name: str, X: np.ndarray, args) -> dict[str, Any]:
     total_var = float(((X - X.mean(0)) ** 2).sum(1).mean())
     methods = {
         "rqsid RQ-VAE": ours("rqvae", std, args.rqvae_epochs, args.threads),
+        **({f"rqsid RQ-VAE ({args.short_rqvae} epochs max)": ours("rqvae", std, args.short_rqvae, args.threads)}
+           if args.short_rqvae else {}),
         "rqsid residual k-means": ours("rkmeans", std, None, args.threads),
         "faiss ResidualQuantizer": faiss_rq(args.threads),
         "vector-quantize-pytorch ResidualVQ": vq_pytorch(args.vq_epochs, args.vq_batch, seed=0),
     }
     log(f"{name}: {X.shape[0]} x {X.shape[1]}, total variance {total_var:.4f}")
     rows = [measure(label, method, X, std, total_var) for label, method in methods.items()]
-    faiss_row = rows[2]
-    best_peer = min(rows[2:], key=lambda r: r["recon_error"])
+    peers = [r for r in rows if not r["method"].startswith("rqsid")]
+    faiss_row = next(r for r in peers if r["method"].startswith("faiss"))
+    best_peer = min(peers, key=lambda r: r["recon_error"])
     for row in rows:
         row["fit_vs_faiss"] = row["fit_s"] / faiss_row["fit_s"]
         row["recon_vs_best_peer"] = row["recon_error"] / best_peer["recon_error"]
@@ -205,6 +208,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3,000 items, RQ-VAE 15 epochs, ResidualVQ 5 epochs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rqvae-epochs", type=int, default=None, help="default: the quantizer config's")
+    parser.add_argument("--short-rqvae", type=int, default=None, metavar="EPOCHS",
+                        help="also a row for the RQ-VAE with this shorter schedule (time / quality trade-off)")
     parser.add_argument("--vq-epochs", type=int, default=20)
     parser.add_argument("--vq-batch", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=Path("/work/scratch/bench-tokenizers"))
@@ -221,7 +226,7 @@ def main() -> None:
         if args.quick:
             X = X[np.random.default_rng(0).permutation(len(X))[:3000]]
         result["datasets"].append({**run_dataset(name, np.ascontiguousarray(X, dtype=np.float32), args), "source": source})
-    write_result("tokenizers" + ("_quick" if args.quick else "") + args.tag, result, markdown(result))
+    write_result("tokenizer_peers" + ("_quick" if args.quick else "") + args.tag, result, markdown(result))
 
 
 if __name__ == "__main__":
