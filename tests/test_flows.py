@@ -35,12 +35,14 @@ STAGES = {"catalog", "embed", "tokenizer", "sids", "publish"}
 
 
 @pytest.fixture(scope="module")
-def prefect_api(project_home):
+def prefect_api(tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from rqsid.home import ProjectHome
     from tasks.services import free_port, start_prefect_server
 
-    server = start_prefect_server(project_home, free_port(), timeout_s=150)
+    # a server of this module's own (its database starts empty), on a free local port
+    server = start_prefect_server(ProjectHome(tmp_path_factory.mktemp("prefect-server")), free_port(), timeout_s=150)
     try:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
