@@ -11,7 +11,7 @@ from rqsid import RqsidError
 from rqsid.home import ProjectHome
 
 # Modules that contribute sub-commands through `register(subparsers)`.
-COMMAND_MODULES = ("rqsid.cli_data", "rqsid.cli_core", "rqsid.generator.cli", "flows.commands")
+COMMAND_MODULES = ("rqsid.cli_data", "rqsid.cli_core", "rqsid.generator.cli", "flows.commands", "flows.study_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,14 +1,26 @@
 """The generative retriever (TIGER-style): user history (+ query) -> the next item's SID, decoded by
-constrained beam search over the SID prefix trie. See model.py for the design."""
+constrained beam search over the SID prefix trie. See model.py for the design.
 
-from rqsid.generator.beam import beam_search, recommend, sid_log_probs
-from rqsid.generator.data import SidVocab, Sequences, derive_queries, embed_queries, sequences_from_interactions
-from rqsid.generator.evaluate import format_table, head_item_mask, popularity_ranking, split_metrics
-from rqsid.generator.model import GenerativeRetriever
-from rqsid.generator.train import TrainedGenerator, evaluate_split, load_generator, save_generator, train_generator
+Names are imported lazily (PEP 562) so that `rqsid --help` and the CLI's library commands do not pay
+for importing torch."""
 
-__all__ = [
-    "GenerativeRetriever", "SidVocab", "Sequences", "TrainedGenerator", "beam_search", "derive_queries",
-    "embed_queries", "evaluate_split", "format_table", "head_item_mask", "load_generator", "popularity_ranking",
-    "recommend", "save_generator", "sequences_from_interactions", "sid_log_probs", "split_metrics", "train_generator",
-]
+from importlib import import_module
+
+_EXPORTS = {
+    "beam_search": "beam", "recommend": "beam", "sid_log_probs": "beam",
+    "SidVocab": "data", "Sequences": "data", "derive_queries": "data", "embed_queries": "data",
+    "sequences_from_interactions": "data",
+    "format_table": "evaluate", "head_item_mask": "evaluate", "popularity_ranking": "evaluate",
+    "split_metrics": "evaluate",
+    "GenerativeRetriever": "model",
+    "TrainedGenerator": "train", "evaluate_split": "train", "load_generator": "train",
+    "save_generator": "train", "train_generator": "train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'rqsid.generator' has no attribute {name!r}")
+    return getattr(import_module(f"rqsid.generator.{_EXPORTS[name]}"), name)
