@@ -152,7 +152,8 @@ def assign_sids(
 ) -> SidTable:
     """Build a SidTable from a tokenizer's codes, adding dedup tokens to colliding items."""
     item_ids = np.asarray(item_ids).astype(str).astype(object)  # python str objects, vectorised
-    codes = np.asarray(codes, dtype=np.int64)
+    codes = np.array(codes, dtype=np.int64)  # a copy: the table must not change when the caller's array does
+    codes.setflags(write=False)
     _check_codes(item_ids, codes, level_sizes)
     return SidTable(item_ids, codes, dedup_tokens(codes), tuple(int(s) for s in level_sizes), pruning)
 
