@@ -19,12 +19,15 @@ from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id, 
 from pydantic import ValidationError
 
 from rqsid.config import EmbedConfig, QuantizerConfig, RqsidConfig
+from rqsid.home import ProjectHome
+from rqsid.locks import catalog_lock
 from tasks.pipeline import (
     DEMO_ITEMS,
     GateFailed,
     build_sids,
     catalog_name_of,
     fit_tokenizer,
+    identity,
     index_inputs_key,
     index_version,
     measure_drift,
@@ -42,8 +45,8 @@ def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
         return False
     made_with = json.loads((index_dir / "manifest.json").read_text()).get("config", {})
     try:
-        return (EmbedConfig.model_validate(made_with.get("embed", {})) == config.embed
-                and QuantizerConfig.model_validate(made_with.get("quantizer", {})) == config.quantizer)
+        return (identity(EmbedConfig.model_validate(made_with.get("embed", {}))) == identity(config.embed)
+                and identity(QuantizerConfig.model_validate(made_with.get("quantizer", {}))) == identity(config.quantizer))
     except ValidationError:
         return False
 
@@ -55,14 +58,16 @@ def reindex(
     config: dict | None = None,
     refit: bool | None = None,
     demo_items: int = DEMO_ITEMS,
+    lock_wait_s: float = 0.0,
 ) -> dict[str, Any]:
     """Build and publish an index version for a catalog (None = the synthetic demo catalog).
 
-    refit: True fits a new tokenizer; False reuses the published one; None decides by drift."""
+    refit: True fits a new tokenizer; False reuses the published one; None decides by drift.
+    lock_wait_s: how long to wait for another running re-index of the same catalog before refusing."""
     cfg = resolve_config(config)
     logger = get_run_logger()
     recorder = FlowRecorder("reindex", catalog_name_of(catalog), cfg)
-    with recorder.run():
+    with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), lock_wait_s), recorder.run():
         cat = catalog_stage(recorder, catalog, interactions, demo_items)
         current = registry(cat.name).current_path()
         emb = embed_stage(recorder, cat, cfg, current)

@@ -75,6 +75,14 @@ class Stopwatch:
             self.compute_s += time.perf_counter() - start
 
 
+RUNTIME_FIELDS = {"threads"}  # how fast a model is made, not what it is: left out of version ids
+
+
+def identity(config) -> dict:
+    """The part of a config section that defines an artifact."""
+    return config.model_dump(mode="json", exclude=RUNTIME_FIELDS & set(type(config).model_fields))
+
+
 def store(home: ProjectHome | None = None) -> VersionStore:
     return VersionStore((home or ProjectHome.default()).data)
 
@@ -359,7 +367,7 @@ class TokenizerVersion:
 
 
 def tokenizer_version(embeddings: EmbeddingsVersion, config: QuantizerConfig) -> str:
-    return version_id("tokenizer", {"embeddings": embeddings.version}, config)
+    return version_id("tokenizer", {"embeddings": embeddings.version}, identity(config))
 
 
 @task(name="fit-tokenizer", cache_policy=NO_CACHE)
@@ -696,7 +704,8 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config, home: P
     from rqsid.generator.train import evaluate_split, train_generator
     from rqsid.versioning import file_digest
 
-    version = version_id("generator", {"index": Path(index_dir).name, "interactions": file_digest(interactions_file)}, config)
+    version = version_id("generator", {"index": Path(index_dir).name, "interactions": file_digest(interactions_file)},
+                         identity(config))
     watch = Stopwatch()
     logger = get_run_logger()
 
