@@ -184,7 +184,10 @@ def read_sids(path: str | Path) -> SidTable:
     path = Path(path)
     if not path.exists():
         raise RqsidError(f"SID file not found: {path}")
-    arrow = pq.read_table(path)
+    try:
+        arrow = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise RqsidError(f"{path} is not a readable parquet file ({str(err).splitlines()[0]})") from None
     metadata = arrow.schema.metadata or {}
     if LEVEL_SIZES_KEY not in metadata:
         raise RqsidError(f"{path} has no rqsid.level_sizes metadata; not a SID table")
@@ -215,9 +218,17 @@ def load_reference_index(path: str | Path, id_offset: int = 0, min_level_size: i
     path = Path(path)
     if not path.exists():
         raise RqsidError(f"reference index not found: {path}")
-    raw: dict[str, list[str]] = json.loads(path.read_text())
-    if not raw:
-        raise RqsidError(f"reference index {path} is empty")
+    try:
+        raw: dict[str, list[str]] = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RqsidError(f"reference index {path} is not valid JSON ({err})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise RqsidError(f"reference index {path} is empty or not an object of item -> token list")
+    bad = [key for key, tokens in raw.items()
+           if not key.isdigit() or not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)]
+    if bad:
+        raise RqsidError(f"reference index {path}: {len(bad)} entries are not 0-based int keys with token lists "
+                         f"(first {bad[:5]})")
     keys = sorted(raw, key=int)
     rows = [_parse_reference_tokens(key, raw[key]) for key in keys]
     lengths = {len(row) for row in rows}

@@ -138,6 +138,9 @@ def sequences_from_interactions(interactions: pa.Table, vocab: SidVocab) -> Sequ
     order = np.lexsort((seq, user_codes))
     counts = np.bincount(user_codes, minlength=len(user_ids))
     keep_user = counts >= MIN_ITEMS
+    if not keep_user.any():
+        raise RqsidError(f"no user has {MIN_ITEMS} or more interactions ({len(user_ids)} users, at most "
+                         f"{int(counts.max(initial=0))} each): leave-one-out needs {MIN_ITEMS} per user")
     keep_row = keep_user[user_codes[order]]
     order = order[keep_row]
     kept_codes = np.flatnonzero(keep_user)

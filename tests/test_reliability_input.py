@@ -1,0 +1,172 @@
+"""Bad input through the real `rqsid` CLI (in-process `flows.cli.main`): each case either exits 2 with one
+`error: ...` line naming the problem and the rows, or is accepted with the bad rows quarantined and counted;
+never a traceback, never a silent loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flows.cli import main
+from rqsid.catalog import item_text, read_catalog
+from rqsid.config import QuantizerConfig
+from rqsid.embed import write_embeddings
+from rqsid.quantize import make_tokenizer
+from rqsid.sids import assign_sids, write_sids
+
+TINY = ["--set", "quantizer.epochs=2", "--set", "quantizer.codebook_size=8", "--set", "quantizer.levels=3"]
+GOOD_ROWS = [{"item_id": str(i), "title": f"steel water bottle {i}", "description": "keeps drinks cold"} for i in range(5)]
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _embeddings(path: Path, n: int, d: int = 16, seed: int = 0, poison: dict | None = None) -> str:
+    X = np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
+    for (row, col), value in (poison or {}).items():
+        X[row, col] = value
+    return str(write_embeddings(path, np.array([str(i) for i in range(n)], dtype=object), X))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> dict[str, str]:
+    """A tiny tokenizer and its SID table over 300 items (16-d), for the cases that need them."""
+    root = tmp_path_factory.mktemp("fitted")
+    X = np.random.default_rng(1).normal(size=(300, 16)).astype(np.float32)
+    tok = make_tokenizer(QuantizerConfig(epochs=2, codebook_size=8, levels=3)).fit(X, progress=False)
+    tok.save(root / "tokenizer")
+    ids = np.array([str(i) for i in range(300)], dtype=object)
+    write_sids(root / "sids.parquet", assign_sids(ids, tok.encode(X), tok.codebook_sizes))
+    return {"tokenizer": str(root / "tokenizer"), "sids": str(root / "sids.parquet"), "root": str(root)}
+
+
+def _interactions(path: Path, users: int, per_user: int, unknown_at: int | None = None) -> str:
+    items = [str((u * 7 + j) % 300) for u in range(users) for j in range(per_user)]
+    if unknown_at is not None:
+        items[unknown_at] = "NO-SUCH-ITEM"
+    pq.write_table(pa.table({
+        "user_id": [f"u{u}" for u in range(users) for _ in range(per_user)],
+        "item_id": items,
+        "seq": pa.array([j for _ in range(users) for j in range(per_user)], pa.int32()),
+    }), path)
+    return str(path)
+
+
+def _files(tmp: Path, fitted: dict[str, str]) -> dict:
+    """Inputs by case name, made on demand (each case builds only its own)."""
+    non_utf8 = tmp / "non_utf8.jsonl"
+    non_utf8.write_bytes(b'{"item_id": "1", "title": "fine"}\n{"item_id": "2", "title": "bad \xff\xfe bytes"}\n')
+    (tmp / "zero.jsonl").write_text("")
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "title": [1.5, 2.5, 3.5]}), tmp / "types.parquet")
+    pq.write_table(pa.table({"name": ["a", "b"], "title": ["x", "y"]}), tmp / "no_id.parquet")
+    (tmp / "bad.json").write_text("{not json")
+    (tmp / "bad_keys.index.json").write_text('{"first": ["<a_1>", "<b_2>"]}')
+    (tmp / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    return {"non_utf8": str(non_utf8)}
+
+
+# (name, argv builder, expected exit code, fragments that the error line (rc 2) or stdout (rc 0) must contain)
+ERROR_CASES = [
+    ("zero rows", lambda t, f: ["import", str(t / "zero.jsonl"), "--out", str(t / "o")], ["zero rows"]),
+    ("no id column", lambda t, f: ["import", str(t / "no_id.parquet"), "--out", str(t / "o")], ["no item_id column"]),
+    ("single item", lambda t, f: ["fit", "--embeddings", _embeddings(t / "one.parquet", 1), "--out", str(t / "o")] + TINY,
+     ["1 items but codebook_size=8"]),
+    ("fewer items than codes", lambda t, f: ["sids", "--embeddings", _embeddings(t / "five.parquet", 5), "--out", str(t / "o")] + TINY,
+     ["5 items but codebook_size=8"]),
+    ("NaN / inf embeddings", lambda t, f: ["fit", "--embeddings", _embeddings(t / "nan.parquet", 50, poison={(3, 2): np.nan, (7, 0): np.inf}),
+                                           "--out", str(t / "o")] + TINY, ["NaN or inf", "rows 3, 7"]),
+    ("wrong embedding dimension", lambda t, f: ["sids", "--embeddings", _embeddings(t / "d8.parquet", 300, d=8),
+                                                "--tokenizer", f["tokenizer"], "--out", str(t / "o")] + TINY,
+     ["8 dims", "fit on 16"]),
+    ("codebook_size=0", lambda t, f: ["fit", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
+                                      "--set", "quantizer.codebook_size=0"], ["quantizer.codebook_size", "greater than or equal to 2"]),
+    ("gini_threshold=1.5", lambda t, f: ["sids", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
+                                         "--set", "prune.gini_threshold=1.5"], ["prune.gini_threshold", "less than or equal to 1"]),
+    ("unknown config key", lambda t, f: ["fit", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
+                                         "--set", "nosuch=1"], ["nosuch"]),
+    ("interactions with unknown items", lambda t, f: ["train", "--interactions", _interactions(t / "i.parquet", 40, 4, unknown_at=6),
+                                                      "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
+     ["1 interactions name items without a SID", "rows [6]", "NO-SUCH-ITEM"]),
+    ("users with one interaction", lambda t, f: ["train", "--interactions", _interactions(t / "i1.parquet", 40, 1),
+                                                 "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
+     ["no user has 3 or more interactions", "40 users"]),
+    ("SID file not JSON", lambda t, f: ["report", str(t / "bad.json")], ["not valid JSON"]),
+    ("SID index with bad keys", lambda t, f: ["report", str(t / "bad_keys.index.json")], ["not 0-based int keys", "first"]),
+    ("SID file not parquet", lambda t, f: ["report", str(t / "bad.parquet")], ["not a readable parquet file"]),
+    ("SID file missing", lambda t, f: ["report", str(t / "missing.parquet")], ["not found"]),
+]
+
+
+@pytest.mark.parametrize("name,argv,fragments", ERROR_CASES, ids=[c[0] for c in ERROR_CASES])
+def test_bad_input_is_one_error_line(name, argv, fragments, tmp_path, fitted, capsys):
+    _files(tmp_path, fitted)
+    rc = main(argv(tmp_path, fitted))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not (tmp_path / "o" / "tokenizer").exists() and not (tmp_path / "g" / "model.pt").exists()  # nothing written
+
+
+def _import(tmp_path: Path, source: str, capsys) -> tuple[str, Path]:
+    rc = main(["import", source, "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in captured.err, captured.err
+    return captured.out, tmp_path / "out"
+
+
+def test_duplicate_ids_are_quarantined_and_counted(tmp_path, capsys):
+    out, folder = _import(tmp_path, _jsonl(tmp_path / "dup.jsonl", GOOD_ROWS + [{"item_id": "1", "title": "again"}]), capsys)
+    assert "catalog: 5 items" in out and "quarantined 1 rows (1 duplicate item_id)" in out
+    quarantine = pq.read_table(folder / "quarantine.parquet")
+    assert quarantine.column("item_id").to_pylist() == ["1"]
+    assert read_catalog(folder / "catalog.parquet").num_rows + quarantine.num_rows == 6  # nothing lost
+
+
+def test_empty_text_is_quarantined_and_counted(tmp_path, capsys):
+    rows = GOOD_ROWS + [{"item_id": "blank", "title": "", "description": ""}]
+    out, folder = _import(tmp_path, _jsonl(tmp_path / "empty.jsonl", rows), capsys)
+    assert "quarantined 1 rows (1 no text)" in out
+    assert pq.read_table(folder / "quarantine.parquet").column("item_id").to_pylist() == ["blank"]
+    assert "blank" not in read_catalog(folder / "catalog.parquet").column("item_id").to_pylist()
+
+
+def test_non_utf8_bytes_are_replaced_and_named(tmp_path, capsys):
+    source = tmp_path / "non_utf8.jsonl"
+    source.write_bytes(b'{"item_id": "1", "title": "fine"}\n{"item_id": "2", "title": "bad \xff\xfe bytes"}\n')
+    out, folder = _import(tmp_path, str(source), capsys)
+    assert "warning: 1 items had bytes that are not UTF-8 (replaced): 2" in out
+    titles = dict(zip(*read_catalog(folder / "catalog.parquet").select(["item_id", "title"]).to_pydict().values()))
+    assert titles["1"] == "fine" and titles["2"].startswith("bad ") and titles["2"].endswith(" bytes")
+
+
+def test_very_long_text_is_kept_and_truncated_for_embedding(tmp_path, capsys):
+    rows = GOOD_ROWS + [{"item_id": "long", "title": "waterproof " * 200_000}]  # 2.2 MB of title
+    out, folder = _import(tmp_path, _jsonl(tmp_path / "long.jsonl", rows), capsys)
+    catalog = read_catalog(folder / "catalog.parquet")
+    assert "catalog: 6 items" in out and "quarantined" not in out
+    texts = item_text(catalog, max_chars=2000)
+    assert max(len(t) for t in texts) <= 2000
+
+
+def test_wrong_column_types_are_coerced_to_strings(tmp_path, capsys):
+    pq.write_table(pa.table({"item_id": [1, 2, 3], "title": [1.5, 2.5, 3.5]}), tmp_path / "types.parquet")
+    out, folder = _import(tmp_path, str(tmp_path / "types.parquet"), capsys)
+    catalog = read_catalog(folder / "catalog.parquet")
+    assert catalog.column("item_id").to_pylist() == ["1", "2", "3"]
+    assert catalog.column("title").to_pylist() == ["1.5", "2.5", "3.5"]
+
+
+def test_single_item_catalog_imports(tmp_path, capsys):
+    out, folder = _import(tmp_path, _jsonl(tmp_path / "one.jsonl", GOOD_ROWS[:1]), capsys)
+    assert "catalog: 1 items" in out and read_catalog(folder / "catalog.parquet").num_rows == 1
