@@ -22,16 +22,18 @@ from flows.common import FlowRecorder
 from rqsid.config import RqsidConfig
 
 # Mode profiles: config values the study sets unless the caller's config sets them.
-# --quick: under 15 minutes on Scientific on 2 busy cores (RQ-VAE epochs cut to 30, 1-minute generators).
+# --quick: under 15 minutes on Scientific on 2 busy cores (RQ-VAE epochs cut to 30, no Gaussian input,
+# 1-minute generators, beam 10).
 QUICK_PROFILE: dict[str, Any] = {
     "quantizer.epochs": 30, "quantizer.threads": 1,
-    "generator.max_train_minutes": 1.0, "generator.valid_users": 1000, "generator.threads": 1,
+    "generator.max_train_minutes": 1.0, "generator.valid_users": 500, "generator.beam_size": 10, "generator.threads": 1,
 }
 FULL_PROFILE: dict[str, Any] = {
     "quantizer.threads": 1,
     "generator.max_train_minutes": 10.0, "generator.threads": 1,
 }
 QUICK_SEEDS, FULL_SEEDS = 2, 3
+QUICK_INPUTS, FULL_INPUTS = ("uniform", "skewed"), ("uniform", "gaussian", "skewed")
 
 
 def default_ks(codebook_size: int, quick: bool) -> list[int]:
@@ -83,7 +85,7 @@ def hourglass_study(
         raise RqsidError(f"need 1 <= generator_seeds ({generator_seeds}) <= seeds ({n_seeds})")
     methods = list(methods or ["rqvae", "rkmeans"])
     ks = list(ks) if ks is not None else default_ks(cfg.quantizer.codebook_size, quick)
-    spec = SyntheticSpec(clusters=cfg.quantizer.codebook_size)
+    spec = SyntheticSpec(kinds=QUICK_INPUTS if quick else FULL_INPUTS, clusters=cfg.quantizer.codebook_size)
     started = time.strftime("%Y-%m-%d %H:%M")
     host = machine()
 

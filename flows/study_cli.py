@@ -25,7 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--interactions", metavar="FILE", help="interactions table (default: those that come with the dataset)")
     p.add_argument("--embeddings", metavar="FILE", help="item embeddings parquet to reuse (default: embed the catalog, cached)")
     p.add_argument("--quick", action="store_true",
-                   help="reduced study (2 seeds, RQ-VAE 30 epochs, 1-minute generators, one listed K): < 15 min on Scientific")
+                   help="reduced study (2 seeds, RQ-VAE 30 epochs, uniform + skewed inputs only, 1-minute generators, beam 10, one listed K): "
+                        "< 15 min on Scientific")
     p.add_argument("--seeds", type=int, help="tokenizer seeds (default: 2 quick, 3 full)")
     p.add_argument("--generator-seeds", type=int, default=1, help="generator runs per SID variant, each on that seed's SIDs (default 1)")
     p.add_argument("--ks", help="comma list of top-K values besides the automatic one (default: 1/8 of the level quick; 1/32,1/8,1/4 full)")
@@ -66,26 +67,26 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(parts)
 
 
-def study_overrides(args: argparse.Namespace) -> dict:
-    """The caller's partial config (file, --set, --generator-minutes) as a nested dict; the study's mode
-    profile fills what it does not set."""
+def study_config(args: argparse.Namespace):
+    """The caller's config (file, --set, --generator-minutes), validated now for a clear error before any
+    work; the flow gets only the fields the caller set, so the study's mode profile fills the rest."""
     overrides = dict(parse_override(text) for text in args.overrides)
     if args.generator_minutes is not None:
         overrides["generator.max_train_minutes"] = args.generator_minutes
-    # only the fields the caller set: the mode profile must not be overwritten by defaults
-    return load_config(args.config, overrides).model_dump(mode="json", exclude_unset=True)
+    return load_config(args.config, overrides)
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     from flows.commands import prefect_api
     from flows.study import hourglass_study
 
-    config = study_overrides(args)
+    config = study_config(args)
     started = time.perf_counter()
-    with prefect_api(load_config(args.config, {})):
+    with prefect_api(config):
         result = hourglass_study(
             dataset=args.dataset, quick=args.quick, seeds=args.seeds, out=args.out, embeddings=args.embeddings,
-            interactions=args.interactions, config=config, ks=_int_list(args.ks, "--ks"),
+            interactions=args.interactions,
+            config=config.model_dump(mode="json", exclude_unset=True), ks=_int_list(args.ks, "--ks"),
             methods=[m.strip() for m in args.methods.split(",") if m.strip()], generator=not args.no_generator,
             generator_seeds=args.generator_seeds, command=command_line(args),
         )

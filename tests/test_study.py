@@ -276,3 +276,24 @@ def test_study_flow_end_to_end(tmp_path, tiny_dataset):
     assert parent.data.tags["prefect.flow_run_id"]
     logged = {a.path for a in client.list_artifacts(stages["report"].info.run_id)}
     assert {"report.md", "results.json"} <= logged
+
+
+def test_study_command_line_and_config():
+    import argparse
+    import shlex
+
+    from flows.study_cli import command_line, register, study_config
+
+    parser = argparse.ArgumentParser(prog="rqsid")
+    register(parser.add_subparsers(dest="command"))
+    argv = ["study", "--dataset", "scientific", "--quick", "--ks", "8,32", "--generator-minutes", "2",
+            "--set", "quantizer.levels=4"]
+    args = parser.parse_args(argv)
+    line = command_line(args)
+    assert parser.parse_args(shlex.split(line)[1:]) == args  # the recorded command reproduces the run
+    config = study_config(args)
+    # only what the caller set goes to the flow (the mode profile fills the rest)
+    assert config.model_dump(mode="json", exclude_unset=True) == {"quantizer": {"levels": 4},
+                                                                  "generator": {"max_train_minutes": 2.0}}
+    with pytest.raises(RqsidError, match="quantizer.levels"):
+        study_config(parser.parse_args(["study", "--set", "quantizer.levels=0"]))
