@@ -164,8 +164,9 @@ def run_gates(ids: np.ndarray, X: np.ndarray, report: dict, real: bool) -> bool:
         from tasks.gates import check_distribution, check_embeddings
 
         return check_embeddings(ids, X, DIM).success and check_distribution(report, gate).success
-    norms = np.linalg.norm(X, axis=1)
-    embeddings_ok = (len(set(ids)) == len(ids) and X.shape[1] == DIM and bool(np.isfinite(X).all())
+    # row norms without an (n, d) temporary; a NaN/inf anywhere in a row makes its norm non-finite
+    norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+    embeddings_ok = (len(set(ids)) == len(ids) and X.shape[1] == DIM and bool(np.isfinite(norms).all())
                      and bool(((norms >= 1e-3) & (norms <= 1e3)).all()))
     layers = report["layers"]
     distribution_ok = (layers[1]["gini"] <= gate.max_layer2_gini and report["collision_rate"] <= gate.max_collision_rate
