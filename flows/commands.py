@@ -113,6 +113,7 @@ def prefect_api(config: RqsidConfig) -> Iterator[str]:
     from tasks.services import ensure_prefect_api
 
     home = ProjectHome.default().activate()
+    preflight(config)
     if config.orchestration.prefect_api_url:
         os.environ["PREFECT_API_URL"] = config.orchestration.prefect_api_url
     started = time.perf_counter()
@@ -122,6 +123,40 @@ def prefect_api(config: RqsidConfig) -> Iterator[str]:
 
     with temporary_settings(updates={PREFECT_API_URL: api}):
         yield api
+
+
+def preflight(config: RqsidConfig, timeout_s: float = 5.0) -> None:
+    """Configured remote services must answer now: a clear RqsidError within seconds, not a retry hang (MLflow's
+    HTTP client retries for minutes) or a silent fall-back to a local Prefect server."""
+    import socket
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from rqsid import RqsidError
+
+    orch = config.orchestration
+    checks = []
+    if orch.prefect_api_url:
+        checks.append(("orchestration.prefect_api_url", orch.prefect_api_url, f"{orch.prefect_api_url.rstrip('/')}/health"))
+    if orch.mlflow_tracking_uri and orch.mlflow_tracking_uri.startswith(("http://", "https://")):
+        checks.append(("orchestration.mlflow_tracking_uri", orch.mlflow_tracking_uri, f"{orch.mlflow_tracking_uri.rstrip('/')}/health"))
+    for name, value, url in checks:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status == 200:
+                    continue
+            problem = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            problem = str(getattr(err, "reason", err))
+        raise RqsidError(f"{name}={value} does not answer ({url}: {problem}, {timeout_s:g} s limit)")
+    if orch.dask_address:
+        parts = urlsplit(orch.dask_address if "://" in orch.dask_address else f"tcp://{orch.dask_address}")
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
+        except (OSError, TypeError, ValueError) as err:
+            raise RqsidError(f"orchestration.dask_address={orch.dask_address}: no scheduler answers ({err}, "
+                             f"{timeout_s:g} s limit)") from None
 
 
 def _run(flow_fn, config: RqsidConfig, **params) -> dict:

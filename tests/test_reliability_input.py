@@ -170,3 +170,45 @@ def test_wrong_column_types_are_coerced_to_strings(tmp_path, capsys):
 def test_single_item_catalog_imports(tmp_path, capsys):
     out, folder = _import(tmp_path, _jsonl(tmp_path / "one.jsonl", GOOD_ROWS[:1]), capsys)
     assert "catalog: 1 items" in out and read_catalog(folder / "catalog.parquet").num_rows == 1
+
+
+# ---------------------------------------------------------------- unreachable services: a clear error in bounded time
+
+SERVICE_CASES = [
+    ("orchestration.prefect_api_url=http://127.0.0.1:{port}/api", "orchestration.prefect_api_url"),
+    ("orchestration.mlflow_tracking_uri=http://127.0.0.1:{port}", "orchestration.mlflow_tracking_uri"),
+    ("orchestration.dask_address=tcp://127.0.0.1:{port}", "orchestration.dask_address"),
+]
+
+
+@pytest.mark.parametrize("setting,name", SERVICE_CASES, ids=[c[1] for c in SERVICE_CASES])
+def test_refused_service_is_one_error_line(setting, name, capsys):
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    rc = main(["reindex", "--set", setting.format(port=port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err.startswith(f"error: {name}=") and ("does not answer" in err or "no scheduler answers" in err)
+
+
+@pytest.mark.parametrize("setting,name", SERVICE_CASES[:2], ids=[c[1] for c in SERVICE_CASES[:2]])
+def test_silent_service_times_out(setting, name):
+    """A server that accepts the connection and never answers: refused after the bound, not a hang."""
+    import socket
+    import time
+
+    from flows.commands import preflight
+    from rqsid import RqsidError
+    from rqsid.config import load_config, parse_override
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        config = load_config(None, dict([parse_override(setting.format(port=silent.getsockname()[1]))]))
+        started = time.perf_counter()
+        with pytest.raises(RqsidError, match=rf"{name}=.*does not answer.*1 s limit"):
+            preflight(config, timeout_s=1.0)
+        assert time.perf_counter() - started < 5
