@@ -27,3 +27,14 @@ def test_chunked_encode_matches_one_block(method, monkeypatch):
     assert chunked.shape == (len(X), 3) and chunked.dtype == np.int64
     np.testing.assert_array_equal(chunked, one_block)
     assert len(np.unique(one_block[:, 0])) > 8  # the codes are informative, not all one value
+
+
+def test_non_finite_rows_found_in_every_block(monkeypatch):
+    from rqsid import RqsidError
+
+    X = _skewed_embeddings(n=500)
+    X[3, 0], X[250, 7], X[499, 47] = np.nan, np.inf, -np.inf
+    monkeypatch.setattr(base, "ENCODE_CHUNK", 64)  # the bad rows sit in the first, a middle and the last block
+    with pytest.raises(RqsidError, match=r"rows \[3, 250, 499\] \(3 rows\) contain NaN or inf"):
+        base.as_matrix(X)
+    assert base.as_matrix(_skewed_embeddings(n=500)).shape == (500, 48)
