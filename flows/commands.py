@@ -159,6 +159,15 @@ def preflight(config: RqsidConfig, timeout_s: float = 5.0) -> None:
                              f"{timeout_s:g} s limit)") from None
 
 
+def _catalog_lock(catalog: str | None):
+    """The catalog's run lock, taken before any flow run starts, so a refusal is one line (not a failed flow run
+    and its logged traceback); the reindex flow takes it again (re-entrant) for deployments."""
+    from rqsid.locks import catalog_lock
+    from tasks.pipeline import catalog_name_of
+
+    return catalog_lock(ProjectHome.default().root, catalog_name_of(catalog))
+
+
 def _run(flow_fn, config: RqsidConfig, **params) -> dict:
     with prefect_api(config):
         started = time.perf_counter()
@@ -171,7 +180,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from flows.nightly import nightly
 
     config = resolve(args, demo=args.catalog is None)
-    result = _run(nightly, config, catalog=args.catalog, interactions=args.interactions, train=not args.no_train)
+    with _catalog_lock(args.catalog):
+        result = _run(nightly, config, catalog=args.catalog, interactions=args.interactions, train=not args.no_train)
     _print_drift(result["drift"])
     _print_index(result["reindex"])
     if result["retrain"]:
@@ -185,7 +195,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from flows.reindex import reindex
 
     config = resolve(args, demo=args.catalog is None)
-    result = _run(reindex, config, catalog=args.catalog, interactions=args.interactions, refit=args.refit)
+    with _catalog_lock(args.catalog):
+        result = _run(reindex, config, catalog=args.catalog, interactions=args.interactions, refit=args.refit)
     _print_index(result)
     _print_timing({"wall_s": result["wall_s"], "timing": {"flows": [result["timing"]]}})
     _print_where(result)

@@ -91,36 +91,32 @@ def test_lock_is_reentrant_in_one_process(home_root):
         pass
 
 
-def test_reindex_flow_refused_while_another_runs(tmp_path, capsys):
-    """The real `rqsid reindex` against a Prefect server, while another process holds the catalog's lock."""
+def test_reindex_flow_refused_while_another_runs(tmp_path):
+    """The real `rqsid reindex` (a CLI process) against a Prefect server, while another process holds the lock."""
+    from pathlib import Path
+
     import pyarrow.parquet as pq
 
-    from flows.cli import main
     from rqsid.synthetic import make_demo_catalog
-    from tasks.pipeline import registry
+    from rqsid.versioning import IndexRegistry
     from tasks.services import free_port, start_prefect_server
 
     catalog, _ = make_demo_catalog(n_items=200, seed=0)
     path = tmp_path / "shop.parquet"
     pq.write_table(catalog, path)
-    root = ProjectHome.default().root
+    home = tmp_path / "home"
+    env = {**os.environ, **ProjectHome(home).environment()}
     server = start_prefect_server(ProjectHome(tmp_path / "prefect-home"), free_port(), timeout_s=150)
-    holder = Holder(root, "shop")
-    old_api = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = server.api_url
+    holder = Holder(home, "shop")
     try:
-        rc = main(["reindex", "--catalog", str(path), "--set", "quantizer.epochs=2"])
+        done = subprocess.run([sys.executable, "-m", "flows.cli", "reindex", "--catalog", str(path), "--set",
+                               "quantizer.epochs=2"], env={**env, "PREFECT_API_URL": server.api_url},
+                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
     finally:
-        from prefect.logging.handlers import APILogWorker
-
         holder.release()
-        APILogWorker.drain_all(timeout=10)  # send the queued run logs while the server is still up
         server.stop()
-        if old_api is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old_api
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert f"error: another re-index of catalog shop is running (pid {holder.process.pid}" in err
-    assert registry("shop").current() is None and registry("shop").versions() == []
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"error: another re-index of catalog shop is running (pid {holder.process.pid}" in done.stderr
+    assert "Traceback" not in done.stderr
+    index = IndexRegistry(home / "indexes" / "shop")
+    assert not index.pointer.exists() and index.versions() == []

@@ -27,15 +27,12 @@ SETTINGS = ["quantizer.codebook_size=16", "quantizer.levels=3", "quantizer.epoch
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory):
-    from prefect.logging.handlers import APILogWorker
-
     from tasks.services import free_port, start_prefect_server
 
     server = start_prefect_server(ProjectHome(tmp_path_factory.mktemp("prefect-server")), free_port(), timeout_s=150)
     try:
         yield server.api_url
     finally:
-        APILogWorker.drain_all(timeout=10)
         server.stop()
 
 
