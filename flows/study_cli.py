@@ -7,7 +7,6 @@ import argparse
 import json
 import shlex
 import time
-from pathlib import Path
 
 from rqsid import RqsidError
 from rqsid.config import load_config, parse_override

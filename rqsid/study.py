@@ -184,13 +184,15 @@ class SyntheticSpec:
         return {kind: makers[kind]() for kind in self.kinds}
 
     def describe(self) -> dict[str, str]:
-        return {
+        """What each input of the experiment is (the synthetic kinds drawn, and the real embeddings)."""
+        texts = {
             "uniform": "uniform on the unit sphere (normalised isotropic Gaussian)",
             "gaussian": "isotropic Gaussian (not normalised)",
             "skewed": f"{self.clusters} Gaussian clusters with Zipf(s={self.exponent}) sizes, noise norm "
                       f"{self.spread} around unit centres, normalised",
             "real": "the catalog's text embeddings",
         }
+        return {kind: texts[kind] for kind in (*self.kinds, "real")}
 
 
 # ---------------------------------------------------------------- quantizer sweeps (findings 1 and 2)
@@ -571,8 +573,8 @@ def finding_head_tail(results: Mapping[str, Any]) -> Finding:
     diff, diff_std = _mean_std([r["diff"] for r in rows])
     se = float(np.mean([r["se"] for r in rows]))
     ratio = float(np.mean([r["ratio"] for r in rows]))
-    reason = (f"baseline head - tail {metric} {_fmt(diff, '+.4f')} (std over {len(rows)} seed(s) {_fmt(diff_std, '.4f')}, "
-              f"SE {_fmt(se, '.4f')}), head / tail {_fmt(ratio, '.2f')}")
+    reason = (f"baseline head - tail {metric} {_fmt(diff, '+.4f')} (SE {_fmt(se, '.4f')}{_seed_spread(diff_std, len(rows))}), "
+              f"head / tail {_fmt(ratio, '.2f')}")
     if control:
         reason += (f"; a popularity ranker shows head / tail {_fmt(control['ratio'], '.2f')} "
                    f"(head targets are {_fmt(control['head_target_count_mean'] / max(control['tail_target_count_mean'], 1e-9), '.1f')}x "
@@ -587,6 +589,10 @@ def finding_head_tail(results: Mapping[str, Any]) -> Finding:
 def _versus(gen: Mapping[str, Any], variant_prefix: str, versus_prefix: str) -> list[Mapping[str, Any]]:
     return [r for r in gen["comparisons"]["versus"]
             if r["variant"].startswith(variant_prefix) and r["versus"].startswith(versus_prefix)]
+
+
+def _seed_spread(std: float, seeds: int) -> str:
+    return f", std over {seeds} generator seeds {_fmt(std, '.4f')}" if seeds > 1 else ", 1 generator seed: no seed spread"
 
 
 def _effect(rows: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, int]:
@@ -631,8 +637,8 @@ def finding_pruning(results: Mapping[str, Any]) -> Finding:
         note = "; the automatic K is 0 (layer 2 already under the Gini bound), so auto top-K = the baseline"
     elif "dropped" in auto_name:
         note = "; no K met the bounds, so auto top-K fell back to dropping the layer"
-    reason = (f"drop layer 2 - baseline {metric} {_fmt(d_diff, '+.4f')} (SE {_fmt(d_se, '.4f')}, seed std {_fmt(d_std, '.4f')}); "
-              f"{auto_name} - drop layer 2 {_fmt(a_diff, '+.4f')} (SE {_fmt(a_se, '.4f')}, seed std {_fmt(a_std, '.4f')}){note}")
+    reason = (f"drop layer 2 - baseline {metric} {_fmt(d_diff, '+.4f')} (SE {_fmt(d_se, '.4f')}{_seed_spread(d_std, len(drop))}); "
+              f"{auto_name} - drop layer 2 {_fmt(a_diff, '+.4f')} (SE {_fmt(a_se, '.4f')}{_seed_spread(a_std, len(auto))}){note}")
     listed = [r for r in gen["comparisons"]["versus"] if r["variant"].startswith("top-") and r["versus"].startswith("drop layer")]
     if listed:
         best = max(listed, key=lambda r: r["diff"])
@@ -692,6 +698,16 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path, plots: Mapping
     path = out / "report.md"
     path.write_text(render_report(results, plots))
     return path
+
+
+def rerender_report(out_dir: str | Path) -> Path:
+    """Rewrite report.md of a finished study from its results.json and plots/ (after the writer changed)."""
+    out = Path(out_dir)
+    if not (out / "results.json").exists():
+        raise RqsidError(f"{out} has no results.json: run the study first")
+    results = json.loads((out / "results.json").read_text())
+    plots = {p.stem: f"plots/{p.name}" for p in sorted((out / "plots").glob("*.png"))}
+    return write_report(results, out, plots)
 
 
 def _json_default(value: Any) -> Any:
