@@ -5,28 +5,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from deployments.nightly import NIGHTLY_CRON, RETRAIN_NAME, apply_all, nightly_deployment, retrain_deployment
 
 
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from rqsid.home import ProjectHome
-    from tasks.services import free_port, start_prefect_server
-
-    # a server of this module's own (its database starts empty), on a free local port
-    server = start_prefect_server(ProjectHome(tmp_path_factory.mktemp("prefect-server")), free_port(), timeout_s=150)
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-            yield server.api_url
-            from prefect.logging.handlers import APILogWorker
-
-            APILogWorker.drain_all(timeout=10)  # send the queued run logs while the server is still up
-    finally:
-        server.stop()
 
 
 def test_deployments_are_built_with_a_utc_cron_and_a_drift_trigger():
