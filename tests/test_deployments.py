@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 
-
 from deployments.nightly import NIGHTLY_CRON, RETRAIN_NAME, apply_all, nightly_deployment, retrain_deployment
 
 
