@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -147,11 +146,12 @@ def popularity(inter, table, unpruned) -> dict:
 
 
 def machine() -> dict:
+    """benchmarks.common.machine() plus the torch build and threads the generator ran with."""
     import torch
 
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+    from common import machine as common_machine
+
+    return {**common_machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def markdown(results: dict) -> str:
@@ -175,8 +175,8 @@ def markdown(results: dict) -> str:
         notes.append(f"Our SIDs: {sids['quantizer']['method']} {sids['quantizer']['levels']}x{sids['quantizer']['codebook_size']}, "
                      f"layer-2 Gini {sids['layer2_gini']['unpruned']:.3f} unpruned -> {sids['layer2_gini']['pruned']:.3f} pruned (K={sids['prune']['k']}).")
     m = results["machine"]
-    notes.append(f"Machine: {m['platform']}, {m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s); "
-                 f"load average at the end {m['load_average_at_end']} (shared machine). Command: `{results['command']}`")
+    notes.append(f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s); "
+                 f"load average at the end {m['load_avg']} (shared machine). Command: `{results['command']}`")
     return "\n".join(rows) + "\n" + "\n".join(notes) + "\n"
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,16 +30,11 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from common import header, log, md_table, new_result, write_result
+from tasks.services import free_port
 
 VENV_BIN = Path(sys.executable).parent
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
               "OMP_NUM_THREADS": "1", "DASK_LOGGING__DISTRIBUTED": "warning"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
