@@ -33,10 +33,15 @@ class QuantizerConfig(_Section):
     codebook_size: int = Field(256, ge=2, le=65536)
     latent_dim: int = Field(32, ge=2)
     hidden_dims: list[int] = Field(default_factory=lambda: [512, 256, 128])
-    # defaults measured on Beauty (12,101 x 384): about 100 CPU-seconds on one core, see the quantizer report
+    # TIGER's architecture and a long constant-rate schedule: slower (about 8x faiss on Beauty) and
+    # 1.1x faiss's reconstruction error, but balanced codes (layer-2 Gini 0.25 vs faiss 0.55) and
+    # fewer collisions (0.10 vs 0.19). A wide-latent, short-schedule configuration
+    # reconstructs better than faiss in 1.6x its time at the cost of that balance (see
+    # benchmarks/results/tokenizer_peers*.md, "recon-first" row).
     epochs: int = Field(100, ge=1, description="quantised training epochs (after warmup_epochs)")
     batch_size: int = Field(256, ge=8)
     lr: float = Field(2e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over the quantised epochs (cosine: decays towards 0 by the last epoch, for short schedules)")
     commitment_beta: float = Field(0.25, ge=0)
     warmup_epochs: int = Field(5, ge=0, description="plain autoencoder epochs before the codebooks are seeded by k-means")
     kmeans_iters: int = Field(50, ge=1)

@@ -147,3 +147,14 @@ def test_user_errors_are_clear(fitted, X):
         fitted.decode(np.array([[0, 0, 0], [0, 16, 0]]))
     with pytest.raises(RqsidError, match="not fitted"):
         make_tokenizer(small_config()).encode(X)
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_quantised_epochs(X):
+    tok = make_tokenizer(small_config(epochs=10, lr_schedule="cosine")).fit(X, progress=False)
+    rates = [h["lr"] for h in tok.history if h["phase"] == "train"]
+    assert rates[0] == pytest.approx(3e-3) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] < 0.05 * 3e-3
+    assert all(h["lr"] == pytest.approx(3e-3) for h in tok.history if h["phase"] == "warmup")
+    constant = make_tokenizer(small_config(epochs=3)).fit(X, progress=False)
+    assert {h["lr"] for h in constant.history} == {3e-3}
+    assert tok.reconstruction_error(X) < 0.7 * mean_baseline_error(X)
