@@ -76,28 +76,8 @@ def write_synthetic(path: Path, n: int, seed: int = 0, topics: int = 400, subtop
 # ---------------------------------------------------------------- one catalog size (child process)
 
 
-def read_by_row_groups(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """What rqsid.embed.read_embeddings returns, read one row group at a time into a preallocated matrix
-    (peak = the matrix + one row group, instead of the Arrow table + a combined copy + a float copy)."""
-    from rqsid import RqsidError
-
-    parquet = pq.ParquetFile(path)
-    n, dim = parquet.metadata.num_rows, parquet.schema_arrow.field("vector").type.list_size
-    ids, X, pos = np.empty(n, dtype=object), np.empty((n, dim), dtype=np.float32), 0
-    for group in range(parquet.num_row_groups):
-        table = parquet.read_row_group(group)
-        vectors = table.column("vector").combine_chunks()  # one row group: no real copy
-        m = len(vectors)
-        X[pos : pos + m] = vectors.flatten().to_numpy().reshape(m, dim)
-        ids[pos : pos + m] = table.column("item_id").to_numpy(zero_copy_only=False)
-        if not np.isfinite(X[pos : pos + m]).all():
-            raise RqsidError(f"embeddings {path}: NaN or inf in row group {group}")
-        pos += m
-    return ids, X
-
-
 def reindex(embeddings: Path, out_dir: Path, fit_sample: int, method: str, epochs: int | None, threads: int | None,
-            real_gates: bool, tokenizer_dir: Path | None = None, lean_read: bool = False) -> dict[str, Any]:
+            real_gates: bool, tokenizer_dir: Path | None = None) -> dict[str, Any]:
     import torch
 
     from rqsid.config import GateConfig, PruneConfig, QuantizerConfig
@@ -111,8 +91,8 @@ def reindex(embeddings: Path, out_dir: Path, fit_sample: int, method: str, epoch
     if threads:
         torch.set_num_threads(threads)
     stages = Stages()
-    with stages("read embeddings" + (" (row-group read)" if lean_read else "")):
-        ids, X = read_by_row_groups(embeddings) if lean_read else read_embeddings(embeddings)
+    with stages("read embeddings"):
+        ids, X = read_embeddings(embeddings)
     n = len(ids)
     if tokenizer_dir:
         with stages("load tokenizer (no refit)"):
@@ -186,7 +166,6 @@ def run_size(n: int, args) -> dict[str, Any]:
     cmd += ["--threads", str(args.threads)] if args.threads else []
     cmd += ["--real-gates"] if args.real_gates else []
     cmd += ["--tokenizer", str(args.tokenizer)] if args.tokenizer else []
-    cmd += ["--lean-read"] if args.lean_read else []
     log(f"re-index of {n} items in a fresh process")
     subprocess.run(cmd, check=True)
     return json.loads(out.read_text())
@@ -219,9 +198,6 @@ def markdown(result: dict[str, Any]) -> str:
              "fresh process per size. Target: 1M re-index under 600 s and 6 GB peak."]
     if result.get("tokenizer"):
         notes.append(f"No refit: the tokenizer saved at {result['tokenizer']} is loaded (the stable re-index path).")
-    if result.get("lean_read"):
-        notes.append("Embeddings read row group by row group into one preallocated matrix (benchmarks/scale.py "
-                     "read_by_row_groups), not with rqsid.embed.read_embeddings.")
     lines = header("Scale: re-index from precomputed embeddings", result, notes)
     for res in result["sizes"]:
         lines += [f"## {res['n_items']:,} items: {res['total_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB "
@@ -261,8 +237,6 @@ def main() -> None:
     parser.add_argument("--real-gates", action="store_true", help="run the GX gates (tasks.gates) instead of the numpy equivalent")
     parser.add_argument("--work", type=Path, default=Path("/work/scratch/bench-scale"))
     parser.add_argument("--tokenizer", type=Path, help="reuse this saved tokenizer (the stable re-index path: no refit)")
-    parser.add_argument("--lean-read", action="store_true",
-                        help="read the embeddings row group by row group into one matrix instead of rqsid.embed.read_embeddings")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     parser.add_argument("--render", type=Path, help="only re-write the markdown of a results JSON")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -270,7 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         result = reindex(args.child, args.work, args.fit_sample, args.method, args.epochs, args.threads, args.real_gates,
-                         args.tokenizer, args.lean_read)
+                         args.tokenizer)
         args.child_out.write_text(json.dumps(result, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
         return
     if args.render:
@@ -282,7 +256,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     sizes = [run_size(n, args) for n in args.sizes]
-    result = new_result(tokenizer=str(args.tokenizer) if args.tokenizer else None, lean_read=args.lean_read, method=args.method, fit_sample=args.fit_sample, epochs=args.epochs, threads=args.threads,
+    result = new_result(tokenizer=str(args.tokenizer) if args.tokenizer else None, method=args.method, fit_sample=args.fit_sample, epochs=args.epochs, threads=args.threads,
                         real_gates=args.real_gates, quick=args.quick, sizes=sizes, growth=growth(sizes),
                         wall_s=round(time.perf_counter() - start, 1))
     write_result("scale" + ("_quick" if args.quick else "") + args.tag, result, markdown(result))

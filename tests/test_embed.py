@@ -123,3 +123,20 @@ def test_embed_command_matches_the_library(tmp_path, subset, embedded, capsys):
     assert list(ids) == subset.column("item_id").to_pylist()[:16]
     np.testing.assert_allclose(X, expected, atol=1e-5)
     assert "items/s" in capsys.readouterr().out
+
+
+def test_row_groups_are_read_into_one_matrix_with_global_row_numbers(tmp_path, monkeypatch):
+    import rqsid.embed
+
+    monkeypatch.setattr(rqsid.embed, "ROW_GROUP_ROWS", 7)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((30, 5)).astype(np.float32)
+    ids = [f"i{k}" for k in range(30)]
+    path = write_embeddings(tmp_path / "e.parquet", ids, X)
+    assert pq.ParquetFile(path).num_row_groups == 5
+    got_ids, got = read_embeddings(path)
+    assert got_ids.tolist() == ids and np.array_equal(got, X) and got.flags.c_contiguous
+    X[23, 2] = np.inf  # in the fourth row group: reported by its row in the whole file
+    write_embeddings(path, ids, X)
+    with pytest.raises(RqsidError, match=r"rows 23 \(item_ids i23\)"):
+        read_embeddings(path)
