@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path(os.environ.get("RQSID_BENCH_WORK", "/work/scratch/gen/bench")),
                    help="folder for embeddings, tokenizer, SIDs and models (outside the repo)")
     p.add_argument("--reuse-sids", action="store_true", help="reuse WORK/sids.parquet when it was fitted with the same quantizer config")
+    p.add_argument("--combine", nargs="+", type=Path, metavar="JSON",
+                   help="only merge the results of several runs (e.g. variants run as parallel processes) into beauty_generator{tag}.md")
     p.add_argument("--tag", default="", help="suffix of the result files (beauty_generator{tag}.json/.md)")
     return p.parse_args(argv)
 
@@ -187,6 +189,8 @@ def main(argv=None) -> int:
     from rqsid.sids import load_reference_index
 
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.tag)
     torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -224,6 +228,23 @@ def main(argv=None) -> int:
             _write(results, args.tag)  # keep what is done if a later run is interrupted
     _write(results, args.tag)
     print(markdown(results))
+    return 0
+
+
+def combine(paths: list[Path], tag: str) -> int:
+    """One table from several runs' JSON; each row keeps the command and the load of the run that made it."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {**runs[0], "models": {}, "command": "; ".join(r["command"] for r in runs),
+              "combined_from": [str(p) for p in paths]}
+    for run in runs:
+        merged["models"].update(run["models"])
+        merged["sids"] = run.get("sids", merged.get("sids"))
+    runs_md = ["", "Runs combined (each ran as its own process, one torch thread, at the same time as the others):"]
+    runs_md += [f"- `{r['command']}`: {', '.join(r['models'])}; load average at its end {r['machine'].get('load_avg', r['machine'].get('load_average_at_end'))}" for r in runs]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"beauty_generator{tag}.json").write_text(json.dumps(merged, indent=1))
+    (RESULTS / f"beauty_generator{tag}.md").write_text(markdown(merged) + "\n".join(runs_md) + "\n")
+    print(markdown(merged))
     return 0
 
 
