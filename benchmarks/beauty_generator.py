@@ -239,7 +239,7 @@ def combine(paths: list[Path], tag: str) -> int:
     for run in runs:
         merged["models"].update(run["models"])
         merged["sids"] = run.get("sids", merged.get("sids"))
-    runs_md = ["", "Runs combined (each ran as its own process, one torch thread, at the same time as the others):"]
+    runs_md = ["", "Runs combined (each its own process with one torch thread; up to four of them and other jobs shared the 2 cores, so compare quality, not seconds):"]
     runs_md += [f"- `{r['command']}`: {', '.join(r['models'])}; load average at its end {r['machine'].get('load_avg', r['machine'].get('load_average_at_end'))}" for r in runs]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"beauty_generator{tag}.json").write_text(json.dumps(merged, indent=1))
