@@ -238,7 +238,8 @@ def combine(paths: list[Path], tag: str) -> int:
               "combined_from": [str(p) for p in paths]}
     for run in runs:
         merged["models"].update(run["models"])
-        merged["sids"] = run.get("sids", merged.get("sids"))
+        if "sids" in run and ("sids" not in merged or "generator (our SIDs, pruned)" in run["models"]):
+            merged["sids"] = run["sids"]  # the pruning that the pruned row was trained on
     runs_md = ["", "Runs combined (each its own process with one torch thread; up to four of them and other jobs shared the 2 cores, so compare quality, not seconds):"]
     runs_md += [f"- `{r['command']}`: {', '.join(r['models'])}; load average at its end {r['machine'].get('load_avg', r['machine'].get('load_average_at_end'))}" for r in runs]
     RESULTS.mkdir(parents=True, exist_ok=True)

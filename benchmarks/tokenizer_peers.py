@@ -69,8 +69,8 @@ def load_embeddings(name: str, path: Path | None, work: Path) -> tuple[np.ndarra
 RECON_FIRST = {"hidden_dims": [512], "latent_dim": 128, "epochs": 20, "batch_size": 512, "lr": 7e-3, "lr_schedule": "cosine"}
 
 
-def ours(method: str, std: Standardiser, epochs: int | None, threads: int, **config):
-    overrides = {"method": method, "threads": threads, "levels": LEVELS, "codebook_size": SIZE, **config}
+def ours(method: str, std: Standardiser, epochs: int | None, threads: int, config: dict | None = None):
+    overrides = {"method": method, "threads": threads, "levels": LEVELS, "codebook_size": SIZE, **(config or {})}
     if epochs is not None and method == "rqvae":
         overrides["epochs"] = epochs
     tok = make_tokenizer(QuantizerConfig(**overrides))
@@ -163,7 +163,7 @@ def run_dataset(name: str, X: np.ndarray, args) -> dict[str, Any]:
         **({f"rqsid RQ-VAE ({args.short_rqvae} epochs max)": ours("rqvae", std, args.short_rqvae, args.threads)}
            if args.short_rqvae else {}),
         "rqsid RQ-VAE, recon-first (1 hidden layer, 128-d latent, 20 cosine epochs)":
-            ours("rqvae", std, None, args.threads, **RECON_FIRST),
+            ours("rqvae", std, None, args.threads, RECON_FIRST),
         "rqsid residual k-means": ours("rkmeans", std, None, args.threads),
         "faiss ResidualQuantizer": faiss_rq(args.threads),
         "vector-quantize-pytorch ResidualVQ": vq_pytorch(args.vq_epochs, args.vq_batch, seed=0),
