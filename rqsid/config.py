@@ -36,8 +36,8 @@ class QuantizerConfig(_Section):
     # TIGER's architecture and a long constant-rate schedule: slower (about 8x faiss on Beauty) and
     # 1.1x faiss's reconstruction error, but balanced codes (layer-2 Gini 0.25 vs faiss 0.55) and
     # fewer collisions (0.10 vs 0.19). A wide-latent, short-schedule configuration
-    # reconstructs better than faiss in 1.6x its time at the cost of that balance (see
-    # benchmarks/results/tokenizer_peers*.md, "recon-first" row).
+    # reconstructs better than faiss in 1.2-1.7x its time at the cost of that balance (README,
+    # "Choosing the tokenizer"; benchmarks/results/tokenizer_peers_session2.md, "recon-first" row).
     epochs: int = Field(100, ge=1, description="quantised training epochs (after warmup_epochs)")
     batch_size: int = Field(256, ge=8)
     lr: float = Field(2e-3, gt=0)

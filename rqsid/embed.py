@@ -169,6 +169,8 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                 ids[pos : pos + m] = _ids(table.column("item_id").combine_chunks(), path, offset=pos)
                 X[pos : pos + m] = _vectors(table.column("vector").combine_chunks(), path, offset=pos)
                 pos += m
+                del table
+                pa.default_memory_pool().release_unused()  # else the allocator keeps every group's buffers
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
         raise RqsidError(f"embeddings {path}: NaN or inf in rows {_rows(bad)} (item_ids {_rows(ids[bad])})")
