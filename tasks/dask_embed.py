@@ -34,6 +34,7 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("T
 @contextmanager
 def dask_client(address: str | None = None, n_workers: int = 2, timeout_s: float = 10.0) -> Iterator[Any]:
     """A distributed Client: to the scheduler at `address`, else a LocalCluster of single-threaded processes."""
+    import dask
     from distributed import Client, LocalCluster
 
     if address:
@@ -47,8 +48,12 @@ def dask_client(address: str | None = None, n_workers: int = 2, timeout_s: float
             client.close()
         return
     # The scheduler always serves HTTP (health, metrics); a random local port avoids fighting over 8787.
-    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                           dashboard_address="127.0.0.1:0", host="127.0.0.1")
+    # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536 (memory goes back to the OS
+    # sooner); for the text model that costs 13-15 % of throughput (one thread, 600 Scientific items:
+    # 22.5-23.3 vs 26.6 items/s), so our workers keep glibc's default.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                               dashboard_address="127.0.0.1:0", host="127.0.0.1")
     try:
         with Client(cluster) as client:
             yield client
