@@ -10,8 +10,9 @@ Training, in order:
    codebook loss ||sg(r_l) - e_l||^2 and a commitment loss beta * ||r_l - sg(e_l)||^2.
    After each epoch, codes that no item used in that epoch are re-seeded on residuals of that
    level drawn with probability proportional to their quantisation error (high-error residuals).
-   The learning rate follows a cosine decay over these epochs by default, so a short run (20 epochs)
-   still ends settled at a low error.
+   With `lr_schedule="cosine"` the learning rate decays over these epochs (towards 0), so a short
+   run (20 epochs, as in the README's recon-first configuration) still ends settled; the default is
+   a constant rate.
    Training stops early when the epoch's reconstruction loss has not improved by `min_delta` for
    `patience` epochs, and the best epoch's weights are kept.
 
