@@ -242,18 +242,20 @@ def combine(paths: list[Path], tag: str) -> int:
             merged["sids"] = run["sids"]  # the pruning that the pruned row was trained on
     runs_md = ["", "Runs combined (each its own process with one torch thread; up to four of them and other jobs shared the 2 cores, so compare quality, not seconds):"]
     runs_md += [f"- `{r['command']}`: {', '.join(r['models'])}; load average at its end {r['machine'].get('load_avg', r['machine'].get('load_average_at_end'))}" for r in runs]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"beauty_generator{tag}.json").write_text(json.dumps(merged, indent=1))
-    (RESULTS / f"beauty_generator{tag}.md").write_text(markdown(merged) + "\n".join(runs_md) + "\n")
+    _save(merged, tag, markdown(merged) + "\n".join(runs_md) + "\n")
     print(markdown(merged))
     return 0
 
 
 def _write(results: dict, tag: str) -> None:
     results["machine"] = machine()
+    _save(results, tag, markdown(results))
+
+
+def _save(results: dict, tag: str, text: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"beauty_generator{tag}.json").write_text(json.dumps(results, indent=1))
-    (RESULTS / f"beauty_generator{tag}.md").write_text(markdown(results))
+    (RESULTS / f"beauty_generator{tag}.md").write_text(text)
 
 
 if __name__ == "__main__":

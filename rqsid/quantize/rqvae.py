@@ -99,6 +99,7 @@ class EpochStats:
     counts: torch.Tensor | None = None  # (L, K) code uses over the epoch
     residuals: torch.Tensor | None = None  # (n, L, latent)
     errors: torch.Tensor | None = None  # (n, L)
+    lr: float = 0.0  # the optimiser's learning rate during the epoch
 
 
 class RQVAE(Tokenizer):
@@ -120,7 +121,6 @@ class RQVAE(Tokenizer):
         self.standardiser = Standardiser.fit(X)
         Xs = self.standardiser.forward(X)
         self.history = []
-        self._lr = cfg.lr
         with fit_context(cfg.seed, cfg.threads):
             self.model = RQVAEModule(self.input_dim, cfg.hidden_dims, cfg.latent_dim, cfg.levels, cfg.codebook_size)
             generator = torch.Generator().manual_seed(cfg.seed)
@@ -155,9 +155,8 @@ class RQVAE(Tokenizer):
         for epoch in range(cfg.epochs):
             start = time.perf_counter()
             if cfg.lr_schedule == "cosine":  # decays towards 0: a sharper optimum in few epochs
-                self._lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
                 for group in optimiser.param_groups:
-                    group["lr"] = self._lr
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
             stats = self._epoch(Xs, optimiser, generator, quantised=True)
             if stats.recon < best - cfg.early_stop_min_delta:
                 best, waited, best_state = stats.recon, 0, copy.deepcopy(self.model.state_dict())
@@ -176,7 +175,7 @@ class RQVAE(Tokenizer):
         n = Xs.shape[0]
         order = torch.randperm(n, generator=generator)
         totals = torch.zeros(4, dtype=torch.float64)  # loss, recon, codebook, commitment (item-weighted sums)
-        stats = EpochStats(0, 0, 0, 0)
+        stats = EpochStats(0, 0, 0, 0, lr=optimiser.param_groups[0]["lr"])
         if quantised:
             stats.counts = torch.zeros(cfg.levels, cfg.codebook_size, dtype=torch.int64)
             stats.residuals = torch.empty(n, cfg.levels, cfg.latent_dim)
@@ -232,7 +231,7 @@ class RQVAE(Tokenizer):
             "recon": stats.recon,
             "codebook_loss": stats.codebook,
             "commitment_loss": stats.commitment,
-            "lr": self._lr,
+            "lr": stats.lr,
         }
         if stats.counts is not None:
             entry["utilisation"] = (stats.counts > 0).float().mean(1).tolist()
