@@ -94,6 +94,12 @@ class GeneratorConfig(_Section):
     lr_decay: float = Field(0.5, gt=0, le=1, description="learning-rate factor at each validation plateau")
     lr_decay_patience: int = Field(3, ge=1, description="validations without a gain that make a plateau")
     beam_size: int = Field(20, ge=1)
+    item_loss_weight: float = Field(0.0, ge=0, description="weight of an item-level full-softmax loss over item vectors composed from SID tokens (+ text)")
+    rank_mix: float = Field(0.0, ge=0, description="weight of the item-level log-probability in the ranking score of beam candidates")
+    candidates: Literal["beam", "union"] = Field("beam", description="rank the beam's items, or the beam's and the item-level top items together")
+    item_text: bool = Field(False, description="item vectors include a projection of the item's text embedding")
+    item_ids: bool = Field(False, description="item vectors include a learned per-item embedding (new items get none)")
+    item_id_dropout: float = Field(0.0, ge=0, lt=1, description="share of training occurrences whose per-item embedding is dropped (new-item robustness)")
     max_train_minutes: float = Field(80.0, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads while training; None = torch's default (1 is faster on a busy machine)")
     seed: int = 0

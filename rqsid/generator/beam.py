@@ -73,9 +73,17 @@ def beam_search(
 
     `history` (B, P) holds left-aligned item rows (-1 padding), `lengths` (B,) >= 1 the real lengths.
     """
-    B, K, V = history.shape[0], beam_size, model.vocab_size
-    hidden = model.encode(history, users)[torch.arange(B), lengths - 1]
-    state = model.head_start(hidden, query).repeat_interleave(K, dim=0)  # (B*K, d)
+    hidden = model.encode(history, users)[torch.arange(history.shape[0]), lengths - 1]
+    items, scores, paths = beam_from_start(model, trie, model.head_start(model.context(hidden, query)), beam_size)
+    return items[:, :top_k], scores[:, :top_k], paths[:, :top_k]
+
+
+@torch.no_grad()
+def beam_from_start(model, trie: SidTrie, start: torch.Tensor, beam_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The beam search itself, from (B, d) head start states: (B, beam_size) items best first
+    (-1 where fewer complete SIDs were found), their SID log-probabilities, and their token paths."""
+    B, K, V = start.shape[0], beam_size, model.vocab_size
+    state = start.repeat_interleave(K, dim=0)  # (B*K, d)
     scores = torch.full((B, K), NEG_INF)
     scores[:, 0] = 0.0
     nodes = np.full((B, K), -1, dtype=np.int64)
@@ -108,11 +116,61 @@ def beam_search(
     items = trie.leaf_item(nodes)
     final = scores.numpy().copy()
     final[items < 0] = NEG_INF
-    order = np.argsort(-final, axis=1, kind="stable")[:, :top_k]
+    order = np.argsort(-final, axis=1, kind="stable")
     items, final, paths = items[rows, order], final[rows, order], paths[rows, order]
     items[~np.isfinite(final)] = -1
     paths[items < 0] = -1
     return items, final, paths
+
+
+@torch.no_grad()
+def rank_items(
+    model,
+    trie: SidTrie,
+    history: torch.Tensor,
+    lengths: torch.Tensor,
+    users: torch.Tensor | None = None,
+    query: torch.Tensor | None = None,
+    beam_size: int = 20,
+    top_k: int = 10,
+    rank_mix: float = 0.0,
+    candidates: str = "beam",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items per user: the beam's complete SIDs (plus, with candidates="union", the items the
+    item-level head scores highest), ranked by SID log-probability + rank_mix * item log-probability.
+    Returns items (B, k), -1 where fewer were found, and their scores."""
+    B = history.shape[0]
+    context = model.context(model.encode(history, users)[torch.arange(B), lengths - 1], query)
+    start = model.head_start(context)
+    items, sid_scores, _ = beam_from_start(model, trie, start, beam_size)
+    if rank_mix == 0 and candidates == "beam":
+        return items[:, :top_k], sid_scores[:, :top_k]
+    item_logp = torch.log_softmax(model.item_logits(context), dim=-1)
+    if candidates == "union":
+        extra = item_logp.topk(beam_size, dim=1).indices  # (B, beam)
+        extra_sid = sid_log_probs(model, trie, start.repeat_interleave(beam_size, dim=0), extra.reshape(-1)).view(B, beam_size)
+        items = np.concatenate([items, extra.numpy()], axis=1)
+        sid_scores = np.concatenate([sid_scores, extra_sid.numpy()], axis=1)
+        items = np.where(_repeated_in_row(items), -1, items)
+    safe = torch.from_numpy(np.maximum(items, 0))
+    total = torch.from_numpy(sid_scores).float() + rank_mix * item_logp.gather(1, safe)
+    total = total.masked_fill(torch.from_numpy(items < 0), NEG_INF).numpy()
+    order = np.argsort(-total, axis=1, kind="stable")[:, :top_k]
+    rows = np.arange(B)[:, None]
+    items, total = items[rows, order], total[rows, order]
+    items[~np.isfinite(total)] = -1
+    return items, total
+
+
+def _repeated_in_row(items: np.ndarray) -> np.ndarray:
+    """True where an item already occurred earlier in its row (-1 never counts as a repeat)."""
+    order = np.argsort(items, axis=1, kind="stable")
+    sorted_items = np.take_along_axis(items, order, axis=1)
+    dup_sorted = np.zeros_like(items, dtype=bool)
+    dup_sorted[:, 1:] = (sorted_items[:, 1:] == sorted_items[:, :-1]) & (sorted_items[:, 1:] >= 0)
+    out = np.zeros_like(dup_sorted)
+    np.put_along_axis(out, order, dup_sorted, axis=1)
+    return out
 
 
 @torch.no_grad()
@@ -144,6 +202,8 @@ def recommend(
     top_k: int = 10,
     chunk: int = 1024,
     progress: bool = False,
+    rank_mix: float = 0.0,
+    candidates: str = "beam",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Beam search for every user of an evaluation `Batch`, in chunks of users (model in eval mode)."""
     was_training = model.training
@@ -153,11 +213,11 @@ def recommend(
     for s in tqdm(starts, desc="beam search", disable=not progress, leave=False):
         sl = slice(s, s + chunk)
         query = _query_tensor(batch.queries[sl], query_vectors) if batch.queries is not None and query_vectors is not None else None
-        items, scores, _ = beam_search(
+        items, scores = rank_items(
             model, trie,
             torch.from_numpy(batch.history[sl]), torch.from_numpy(batch.lengths[sl]),
             torch.from_numpy(batch.user_buckets[sl]) if batch.user_buckets is not None else None,
-            query, beam_size, top_k,
+            query, beam_size, top_k, rank_mix, candidates,
         )
         out_items.append(items)
         out_scores.append(scores)

@@ -31,7 +31,7 @@ from rqsid.generator.data import SidVocab
 
 
 class GenerativeRetriever(nn.Module):
-    def __init__(self, vocab: SidVocab, cfg: GeneratorConfig, query_dim: int = 0):
+    def __init__(self, vocab: SidVocab, cfg: GeneratorConfig, query_dim: int = 0, item_text: torch.Tensor | None = None):
         super().__init__()
         d = cfg.d_model
         self.vocab_size = vocab.vocab_size
@@ -57,6 +57,14 @@ class GenerativeRetriever(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(d)
         self.query_proj = nn.Linear(query_dim, d) if query_dim else None
+        # optional item-vector parts beside the SID-token sum (see item_vectors)
+        self.n_items = len(tokens)
+        if cfg.item_text and item_text is None:
+            raise ValueError("generator.item_text needs the items' text embeddings")
+        self.register_buffer("item_text", item_text.float() if cfg.item_text else None, persistent=True)
+        self.text_proj = nn.Linear(item_text.shape[1], d, bias=False) if cfg.item_text else None
+        self.id_emb = nn.Embedding(self.n_items, d) if cfg.item_ids else None
+        self.id_dropout = cfg.item_id_dropout
 
         self.head_in_norm = nn.LayerNorm(d)
         self.head_step_norm = nn.LayerNorm(d)
@@ -64,11 +72,14 @@ class GenerativeRetriever(nn.Module):
         self.head_mlp = nn.Sequential(nn.Linear(d, cfg.head_mult * d), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.head_mult * d, d))
         self.head_out_norm = nn.LayerNorm(d)
         self.out_bias = nn.Parameter(torch.zeros(vocab.vocab_size))
+        self.item_out_norm = nn.LayerNorm(d)
         self.register_buffer("causal_mask", torch.triu(torch.full((cfg.max_history, cfg.max_history), float("-inf")), 1), persistent=False)
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for emb in (self.token_emb, self.pos_emb, self.depth_emb) + ((self.user_emb,) if self.user_emb is not None else ()):
+        for emb in (self.token_emb, self.pos_emb, self.depth_emb, self.user_emb, self.id_emb):
+            if emb is None:
+                continue
             nn.init.normal_(emb.weight, std=0.02)
         with torch.no_grad():
             self.token_emb.weight[self.pad].zero_()
@@ -76,10 +87,26 @@ class GenerativeRetriever(nn.Module):
     # ------------------------------------------------------------ encoder
 
     def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
-        """(..., ) item rows (-1 = padding) -> (..., d) sums of their SID token embeddings."""
-        rows = self.item_input_tokens[items.clamp_min(0)]
-        vec = self.token_emb(rows).sum(dim=-2)
+        """(..., ) item rows (-1 = padding) -> (..., d): the sum of their SID token embeddings
+        [+ a projection of their text embedding] [+ a learned per-item embedding]."""
+        safe = items.clamp_min(0)
+        vec = self.token_emb(self.item_input_tokens[safe]).sum(dim=-2)
+        if self.text_proj is not None:
+            vec = vec + self.text_proj(self.item_text[safe])
+        if self.id_emb is not None:
+            ids = self.id_emb(safe)
+            if self.training and self.id_dropout > 0:
+                ids = ids * (torch.rand(ids.shape[:-1] + (1,)) >= self.id_dropout)
+            vec = vec + ids
         return vec * (items >= 0).unsqueeze(-1)
+
+    def all_item_vectors(self) -> torch.Tensor:
+        return self.item_vectors(torch.arange(self.n_items))
+
+    def item_logits(self, hidden: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, d) hidden states -> (N, n_items) item-level scores against the (tied) item vectors."""
+        vectors = self.all_item_vectors() if vectors is None else vectors
+        return self.item_out_norm(hidden) @ vectors.T
 
     def encode(self, history: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, P) left-aligned item rows (-1 after the history) -> (B, P, d) causal hidden states."""
@@ -94,11 +121,15 @@ class GenerativeRetriever(nn.Module):
 
     # ------------------------------------------------------------ SID head
 
-    def head_start(self, hidden: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
-        """Initial head state from a position's hidden state (and the query vector, if any)."""
+    def context(self, hidden: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
+        """A position's hidden state, plus the projected query vector when the model is query-conditioned."""
         if self.query_proj is not None and query is not None:
             hidden = hidden + self.query_proj(query)
-        return self.head_in_norm(hidden + self.depth_emb.weight[0])
+        return hidden
+
+    def head_start(self, context: torch.Tensor) -> torch.Tensor:
+        """Initial SID-head state from a position's context (see `context`)."""
+        return self.head_in_norm(context + self.depth_emb.weight[0])
 
     def head_advance(self, state: torch.Tensor, token: torch.Tensor, depth: int) -> torch.Tensor:
         """State after emitting `token` at `depth` (0-based) -> the state that predicts depth+1."""

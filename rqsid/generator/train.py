@@ -68,6 +68,7 @@ def evaluate_split(
     ranked, _ = recommend(
         trained.model, trained.trie, batch, seqs.query_vectors if cfg.use_query else None,
         beam_size=beam_size or cfg.beam_size, top_k=10, progress=progress,
+        rank_mix=cfg.rank_mix, candidates=cfg.candidates,
     )
     return split_metrics(ranked, batch.targets, head_items), ranked
 
@@ -90,7 +91,8 @@ class _Loss:
         if self.query_vectors is not None:
             qid = torch.from_numpy(batch.queries)[chosen]
             query = self.query_vectors[qid.clamp_min(0)] * (qid >= 0).unsqueeze(-1)
-        state = model.head_start(hidden[chosen], query)
+        context = model.context(hidden[chosen], query)
+        state = model.head_start(context)
         tokens = model.item_tokens[items]
         total, count = state.new_zeros(()), 0
         for depth, m in enumerate(self.masks):
@@ -103,7 +105,11 @@ class _Loss:
                 count += int(rows.sum())
             if depth + 1 < len(self.masks):
                 state = model.head_advance(state, tokens[:, depth].clamp_min(0), depth)
-        return total / max(count, 1), int(items.numel())
+        loss = total / max(count, 1)
+        if self.cfg.item_loss_weight > 0:
+            item_ce = F.cross_entropy(model.item_logits(context), items)
+            loss = loss + self.cfg.item_loss_weight * item_ce
+        return loss, int(items.numel())
 
 
 def _smoothed_nll(logp: torch.Tensor, target: torch.Tensor, allowed: torch.Tensor, eps: float) -> torch.Tensor:
@@ -130,6 +136,7 @@ def train_generator(
     out_dir: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    item_features: np.ndarray | None = None,
 ) -> TrainedGenerator:
     """Train on the training parts of `seqs`, early-stopping on validation NDCG@10 (beam search).
 
@@ -139,12 +146,15 @@ def train_generator(
     if cfg.use_query and not seqs.has_queries:
         raise RqsidError("generator.use_query is set but the sequences have no embedded queries")
     with fit_context(cfg.seed, cfg.threads):  # seeded, deterministic kernels, the caller's RNG restored after
-        return _train(seqs, vocab, cfg, out_dir, progress, log)
+        return _train(seqs, vocab, cfg, out_dir, progress, log, item_features)
 
 
-def _train(seqs, vocab, cfg, out_dir, progress, log) -> TrainedGenerator:
+def _train(seqs, vocab, cfg, out_dir, progress, log, item_features) -> TrainedGenerator:
     query_dim = seqs.query_vectors.shape[1] if cfg.use_query else 0
-    model = GenerativeRetriever(vocab, cfg, query_dim)
+    text = torch.from_numpy(np.ascontiguousarray(item_features, dtype=np.float32)) if cfg.item_text else None
+    if text is not None and len(text) != vocab.n_items:
+        raise RqsidError(f"item features have {len(text)} rows for {vocab.n_items} items")
+    model = GenerativeRetriever(vocab, cfg, query_dim, text)
     trained = TrainedGenerator(model, vocab, build_trie(vocab), cfg, query_dim)
     masks = depth_masks(trained.trie, vocab.tokens, vocab.vocab_size)
     loss_fn = _Loss(model, masks, cfg, seqs.query_vectors if cfg.use_query else None)
@@ -286,7 +296,8 @@ def load_generator(model_dir: str | Path, vocab: SidVocab) -> TrainedGenerator:
     if meta["vocab"]["fingerprint"] != vocab.fingerprint():
         raise RqsidError(f"{path}: the model was trained on other SIDs ({meta['vocab']['n_items']} items) than the given table ({vocab.n_items} items)")
     cfg = GeneratorConfig.model_validate(meta["config"])
-    model = GenerativeRetriever(vocab, cfg, meta["query_dim"])
-    model.load_state_dict(torch.load(path / "model.pt", weights_only=True))
+    state = torch.load(path / "model.pt", weights_only=True)
+    model = GenerativeRetriever(vocab, cfg, meta["query_dim"], state.get("item_text"))
+    model.load_state_dict(state)
     model.eval()
     return TrainedGenerator(model, vocab, build_trie(vocab), cfg, meta["query_dim"], meta["history"], meta["best"], meta["stats"])
