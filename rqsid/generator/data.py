@@ -38,13 +38,15 @@ class SidVocab:
     tokens: np.ndarray
     vocab_size: int
     eos: int
+    level_offsets: tuple[int, ...] = ()  # first token id of each level, then of the dedup range (for display)
 
     @classmethod
     def from_sid_table(cls, table) -> "SidVocab":
-        return cls.build(np.asarray(table.item_ids, dtype=object), table.token_matrix(), int(table.eos))
+        return cls.build(np.asarray(table.item_ids, dtype=object), table.token_matrix(), int(table.eos),
+                         tuple(int(o) for o in table.offsets))
 
     @classmethod
-    def build(cls, item_ids: np.ndarray, tokens: np.ndarray, eos: int) -> "SidVocab":
+    def build(cls, item_ids: np.ndarray, tokens: np.ndarray, eos: int, level_offsets: tuple[int, ...] = ()) -> "SidVocab":
         """From an (n, T) token matrix whose rows end with `eos` (the largest token id)."""
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 2 or len(tokens) != len(item_ids):
@@ -56,7 +58,7 @@ class SidVocab:
             raise RqsidError("SID table has duplicate item ids")
         if tokens.max() > eos:
             raise RqsidError(f"token ids reach {int(tokens.max())} beyond the end token {eos}")
-        return cls(np.asarray(item_ids, dtype=object), tokens, eos + 1, eos)
+        return cls(np.asarray(item_ids, dtype=object), tokens, eos + 1, eos, tuple(level_offsets))
 
     @property
     def n_items(self) -> int:
@@ -72,6 +74,21 @@ class SidVocab:
         h.update("\x1f".join(map(str, self.item_ids)).encode())
         h.update(np.ascontiguousarray(self.tokens).tobytes())
         return h.hexdigest()
+
+    def sid_strings(self) -> np.ndarray:
+        """Each item's SID as text, '<a_12><b_200><c_7><d_1>': a letter per level (the last one for the
+        dedup token), the code within that level; a pruned level is simply absent. Without level
+        offsets (a hand-built vocabulary), tokens print as '<t_ID>'."""
+        offsets = np.asarray(self.level_offsets, dtype=np.int64)
+        out = []
+        for row in self.tokens:
+            row = row[(row >= 0) & (row != self.eos)]
+            if len(offsets):
+                level = np.searchsorted(offsets, row, side="right") - 1
+                out.append("".join(f"<{chr(97 + lv)}_{t - offsets[lv]}>" for lv, t in zip(level, row)))
+            else:
+                out.append("".join(f"<t_{t}>" for t in row))
+        return np.asarray(out, dtype=object)
 
     def rows_of(self, item_ids) -> np.ndarray:
         """Row index of each item id (-1 where the id has no SID)."""
