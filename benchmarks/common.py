@@ -14,10 +14,11 @@ import shlex
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PACKAGES = ("rqsid", "numpy", "torch", "pyarrow", "dask", "distributed", "sentence-transformers",

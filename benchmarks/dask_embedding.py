@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from common import command_line, machine, versions, write_result
+
 from rqsid.catalog import write_catalog
 from rqsid.config import EmbedConfig
 from rqsid.embed import TextEmbedder, item_text, read_embeddings
@@ -46,7 +46,8 @@ def single_process(table, config: EmbedConfig, threads: int | None = None) -> di
     X = embedder.embed(item_text(table, config.max_chars), progress=False)
     end, cpu = time.perf_counter(), time.process_time() - cpu
     label = f"{threads} torch thread(s)" if threads else f"torch default threads ({torch_default_threads()})"
-    return {"setting": f"single process (no Dask, {label})", "threads": threads or torch_default_threads(), "load_before": load, "n_items": len(X),
+    return {"setting": f"single process (no Dask, {label})", "threads": threads or torch_default_threads(), "load_before": load,
+            "n_items": len(X),
             "seconds_total": end - start, "seconds_embed": end - loaded, "items_per_s": len(X) / (end - loaded),
             "worker_cpu_s": cpu, "cores_used": cpu / (end - loaded), "items_per_cpu_s": len(X) / cpu}, X
 
@@ -113,7 +114,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {row['setting']} | {row.get('run', 'model loaded')} | {row['items_per_s']:.1f} | "
                      f"{row.get('seconds', row.get('seconds_embed')):.1f} | {row.get('n_partitions', '-')} | "
                      f"{row['cores_used']:.2f} | {row['items_per_cpu_s']:.1f} | {row['load_before']} |")
-    lines += ["", "Dask (warm) vs the plain process at equal cores (N single-threaded workers vs N torch threads; target >= 0.9x):", ""]
+    lines += ["", "Dask (warm) vs the plain process at equal cores "
+              "(N single-threaded workers vs N torch threads; target >= 0.9x):", ""]
     lines += [f"- {r['cores']} core(s): Dask {r['dask_items_per_s']:.1f} items/s vs plain {r['plain_items_per_s']:.1f} items/s = "
               f"**{r['ratio']:.2f}x**" for r in result.get("equal_core_ratios", [])]
     lines += ["", f"Warm speed-up of 2 workers over 1: **{result['speedup_2_over_1_warm']:.2f}x**; "

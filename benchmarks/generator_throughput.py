@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from common import header, log, md_table, new_result, write_result
+
 from rqsid.config import GeneratorConfig, QuantizerConfig
 from rqsid.generator import SidVocab, recommend, sequences_from_interactions, train_generator
 from rqsid.generator.data import eval_batch
@@ -138,7 +138,8 @@ def markdown(result: dict[str, Any]) -> str:
               f"{t['samples_per_s']:.0f} training samples/s ({t['train_samples']} samples in {t['train_seconds']:.1f} s of "
               f"training steps over {t['epochs']} epoch(s); batch {result['batch_size']} users, "
               f"{result['n_parameters']:,} parameters).", "", "## Beam search", ""]
-    lines += md_table(result["beam"], [("beam", "beam", "d"), ("users", "users", "d"), ("queries/s constrained", "constrained_qps", ".1f"),
+    lines += md_table(result["beam"], [("beam", "beam", "d"), ("users", "users", "d"),
+                                       ("queries/s constrained", "constrained_qps", ".1f"),
                                        ("queries/s unconstrained", "unconstrained_qps", ".1f"),
                                        ("constrained / unconstrained time", "constraint_cost", ".2f"),
                                        ("trie s", "trie_s", ".2f"), ("trie share", "trie_share", ".1%"),

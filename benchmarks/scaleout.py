@@ -22,14 +22,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from common import header, log, md_table, new_result, write_result
+
 from tasks.services import free_port
 
 VENV_BIN = Path(sys.executable).parent
@@ -47,11 +48,12 @@ def separate_cluster(workers: int, logs: Path) -> Iterator[str]:
     procs = []
     try:
         procs.append(subprocess.Popen([str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                       "--no-dashboard"], env=env, stdout=open(logs / "scheduler.log", "w"),
+                                       "--no-dashboard"], env=env, stdout=open(logs / "scheduler.log", "w"),  # noqa: SIM115 (open while it runs)
                                       stderr=subprocess.STDOUT, start_new_session=True))
         procs.append(subprocess.Popen([str(VENV_BIN / "dask"), "worker", address, "--nworkers", str(workers),
                                        "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"], env=env,
-                                      stdout=open(logs / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+                                      stdout=open(logs / "worker.log", "w"),  # noqa: SIM115 (open while it runs)
+                                      stderr=subprocess.STDOUT, start_new_session=True))
         yield address
     finally:
         for proc in reversed(procs):  # each in its own session: signal its group, then wait
@@ -111,7 +113,8 @@ def sids_remote_vs_local(client, embeddings: Path, work: Path, group_rows: int, 
     codes = np.concatenate(client.gather(futures))
     remote_table = assign_sids(ids, codes, tok.codebook_sizes)
     remote_s = time.perf_counter() - start
-    identical = bool(np.array_equal(remote_table.codes, local_table.codes) and np.array_equal(remote_table.dedup, local_table.dedup))
+    identical = bool(np.array_equal(remote_table.codes, local_table.codes)
+                     and np.array_equal(remote_table.dedup, local_table.dedup))
     row = {"what": f"SID assignment, {label}", "n_items": len(ids), "local_s": local_s, "remote_s": remote_s,
            "local_items_per_s": len(ids) / local_s, "remote_items_per_s": len(ids) / remote_s,
            "remote_vs_local": local_s / remote_s, "tasks": groups, "identical": identical, "max_abs_diff": None}
@@ -136,10 +139,12 @@ def embedding_remote_vs_local(address: str, workers: int, items: int, partition_
     config = EmbedConfig()
     runs = {}
     with dask_client(n_workers=workers) as client:
-        runs["local"] = embed_catalog_dask(catalog_path, work / "emb-local.parquet", config, client, partition_rows, progress=False)
+        runs["local"] = embed_catalog_dask(catalog_path, work / "emb-local.parquet", config, client, partition_rows,
+                                           progress=False)
     with dask_client(address=address, timeout_s=60) as client:
         wait_for_workers(client, workers)
-        runs["remote"] = embed_catalog_dask(catalog_path, work / "emb-remote.parquet", config, client, partition_rows, progress=False)
+        runs["remote"] = embed_catalog_dask(catalog_path, work / "emb-remote.parquet", config, client, partition_rows,
+                                            progress=False)
     embedder = TextEmbedder(batch_size=config.batch_size, max_seq_length=config.max_seq_length, num_threads=1)
     start = time.perf_counter()
     X_plain = embedder.embed(item_text(table, config.max_chars), progress=False)
@@ -161,7 +166,8 @@ def embedding_remote_vs_local(address: str, workers: int, items: int, partition_
 
 def markdown(result: dict[str, Any]) -> str:
     emb = result["rows"][0]
-    notes = [f"Separate processes: `dask scheduler --host 127.0.0.1` and `dask worker --nworkers {result['workers']} --nthreads 1`, "
+    notes = ["Separate processes: `dask scheduler --host 127.0.0.1` and "
+             f"`dask worker --nworkers {result['workers']} --nthreads 1`, "
              "reached by address through tasks.dask_embed.dask_client(address=...); 'local' = the same work on a "
              "LocalCluster (embedding) or in the driver process (SID codes, 1 torch thread). SID codes: residual k-means "
              "(3 x 256) fitted locally on up to 10k items, saved, loaded by each task on the workers.",
@@ -170,8 +176,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines = header("Scale-out: a separately started Dask cluster, by address", result, notes)
     lines += md_table(result["rows"], [("what", "what", ""), ("items", "n_items", "d"), ("tasks", "tasks", "d"),
                                        ("local s", "local_s", ".2f"), ("remote s", "remote_s", ".2f"),
-                                       ("local items/s", "local_items_per_s", ".1f"), ("remote items/s", "remote_items_per_s", ".1f"),
-                                       ("remote / local speed", "remote_vs_local", ".2f"), ("identical to local", "identical", ""),
+                                       ("local items/s", "local_items_per_s", ".1f"),
+                                       ("remote items/s", "remote_items_per_s", ".1f"),
+                                       ("remote / local speed", "remote_vs_local", ".2f"),
+                                       ("identical to local", "identical", ""),
                                        ("max abs diff", "max_abs_diff", ".1e")])
     return "\n".join(lines)
 

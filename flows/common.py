@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rqsid.config import RqsidConfig
+from rqsid.jsonio import json_default
 
 
 def flow_run_id() -> str | None:
@@ -19,12 +21,6 @@ def flow_run_id() -> str | None:
 
     run_id = flow_run.id
     return str(run_id) if run_id else None
-
-
-def resolve_config(config: dict | RqsidConfig | None) -> RqsidConfig:
-    if isinstance(config, RqsidConfig):
-        return config
-    return RqsidConfig.model_validate(config or {})
 
 
 @dataclass
@@ -57,7 +53,7 @@ class FlowRecorder:
         self._start = time.perf_counter()
 
     @contextmanager
-    def run(self) -> Iterator["FlowRecorder"]:
+    def run(self) -> Iterator[FlowRecorder]:
         import mlflow
 
         nested = mlflow.active_run() is not None
@@ -95,7 +91,7 @@ class FlowRecorder:
     def log_json(self, value: Any, artifact_file: str) -> None:
         import mlflow
 
-        mlflow.log_dict(json.loads(json.dumps(value, default=str)), artifact_file)
+        mlflow.log_dict(json.loads(json.dumps(value, default=json_default)), artifact_file)
 
     def log_file(self, path: Path, subdir: str | None = None) -> None:
         self.tracker.log_artifact(path, subdir)
@@ -114,7 +110,7 @@ class FlowRecorder:
 
 def catalog_stage(recorder: FlowRecorder, catalog, interactions, demo_items):
     """Import, GX catalog suite, quarantine: the stored catalog version."""
-    from tasks.pipeline import load_catalog
+    from tasks.catalog import load_catalog
 
     with recorder.stage("catalog") as stage:
         cat = load_catalog(catalog, interactions, demo_items)
@@ -129,7 +125,7 @@ def catalog_stage(recorder: FlowRecorder, catalog, interactions, demo_items):
 
 def embed_stage(recorder: FlowRecorder, cat, cfg: RqsidConfig, current: Path | None):
     """Embeddings (only new and changed items are embedded, on Dask) and the GX embedding suite."""
-    from tasks.pipeline import embed_items, gate_embeddings
+    from tasks.embeddings import embed_items, gate_embeddings
 
     with recorder.stage("embed") as stage:
         emb = embed_items(cat, cfg.embed, cfg.orchestration, previous_index=current)

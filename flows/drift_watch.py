@@ -9,8 +9,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import FlowRecorder, catalog_stage, embed_stage, resolve_config
-from tasks.pipeline import DEMO_ITEMS, DEMO_SOURCE, catalog_name_of, measure_drift, registry
+from flows.common import FlowRecorder, catalog_stage, embed_stage
+from rqsid.config import RqsidConfig
+from rqsid.sources import DEMO_ITEMS, DEMO_SOURCE, catalog_name_of
+from tasks.common import registry
+from tasks.index import measure_drift
 
 DRIFT_EVENT = "rqsid.drift.detected"
 
@@ -29,10 +32,10 @@ def emit_drift(catalog_name: str, source: str | None, index_version: str, report
 
 
 @flow(name="drift_watch", log_prints=True)
-def drift_watch(catalog: str | None = None, config: dict | None = None, demo_items: int = DEMO_ITEMS,
+def drift_watch(catalog: str | None = None, config: RqsidConfig | None = None, demo_items: int = DEMO_ITEMS,
                 emit: bool = True) -> dict[str, Any]:
     """Measure drift of a catalog (None = the synthetic demo) against its published index."""
-    cfg = resolve_config(config)
+    cfg = config or RqsidConfig()
     logger = get_run_logger()
     recorder = FlowRecorder("drift_watch", catalog_name_of(catalog), cfg)
     with recorder.run():

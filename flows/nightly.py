@@ -12,20 +12,20 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import FlowRecorder, resolve_config
+from flows.common import FlowRecorder
 from flows.drift_watch import drift_watch
 from flows.reindex import reindex
 from flows.retrain import retrain
-from tasks.pipeline import DEMO_ITEMS, catalog_name_of
+from rqsid.config import RqsidConfig
+from rqsid.sources import DEMO_ITEMS, catalog_name_of
 
 
 @flow(name="nightly", log_prints=True)
-def nightly(catalog: str | None = None, interactions: str | None = None, config: dict | None = None,
+def nightly(catalog: str | None = None, interactions: str | None = None, config: RqsidConfig | None = None,
             demo_items: int = DEMO_ITEMS, train: bool = True) -> dict[str, Any]:
-    resolved = resolve_config(config)
-    cfg = resolved.model_dump(mode="json")
+    cfg = config or RqsidConfig()
     started = time.perf_counter()
-    recorder = FlowRecorder("nightly", catalog_name_of(catalog), resolved)
+    recorder = FlowRecorder("nightly", catalog_name_of(catalog), cfg)
     with recorder.run():  # the three flows' MLflow runs nest under this one
         drift = drift_watch(catalog=catalog, config=cfg, demo_items=demo_items)
         index = reindex(catalog=catalog, interactions=interactions, config=cfg,

@@ -9,33 +9,21 @@ published pruning and dedup numbers; it reports how many SIDs changed against th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-
-from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id, plot_report, resolve_config
 from pydantic import ValidationError
 
+from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id, plot_report
 from rqsid.config import EmbedConfig, QuantizerConfig, RqsidConfig
 from rqsid.home import ProjectHome
+from rqsid.index import index_manifest
 from rqsid.locks import catalog_lock
-from tasks.pipeline import (
-    DEMO_ITEMS,
-    GateFailed,
-    build_sids,
-    catalog_name_of,
-    fit_tokenizer,
-    identity,
-    index_inputs_key,
-    index_version,
-    measure_drift,
-    publish_index,
-    published_tokenizer,
-    registry,
-    reuse_published,
-)
+from rqsid.sources import DEMO_ITEMS, catalog_name_of
+from tasks.common import GateFailed, registry
+from tasks.index import build_sids, index_inputs_key, index_version, measure_drift, publish_index, reuse_published
+from tasks.tokenizer import fit_tokenizer, published_tokenizer
 
 
 def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
@@ -43,10 +31,10 @@ def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
     config (read through today's models, so that fields added since then take their defaults)."""
     if index_dir is None:
         return False
-    made_with = json.loads((index_dir / "manifest.json").read_text()).get("config", {})
+    made_with = index_manifest(index_dir).get("config", {})
     try:
-        return (identity(EmbedConfig.model_validate(made_with.get("embed", {}))) == identity(config.embed)
-                and identity(QuantizerConfig.model_validate(made_with.get("quantizer", {}))) == identity(config.quantizer))
+        return (EmbedConfig.model_validate(made_with.get("embed", {})).identity() == config.embed.identity()
+                and QuantizerConfig.model_validate(made_with.get("quantizer", {})).identity() == config.quantizer.identity())
     except ValidationError:
         return False
 
@@ -55,7 +43,7 @@ def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
 def reindex(
     catalog: str | None = None,
     interactions: str | None = None,
-    config: dict | None = None,
+    config: RqsidConfig | None = None,
     refit: bool | None = None,
     demo_items: int = DEMO_ITEMS,
     lock_wait_s: float = 0.0,
@@ -64,7 +52,7 @@ def reindex(
 
     refit: True fits a new tokenizer; False reuses the published one; None decides by drift.
     lock_wait_s: how long to wait for another running re-index of the same catalog before refusing."""
-    cfg = resolve_config(config)
+    cfg = config or RqsidConfig()
     logger = get_run_logger()
     recorder = FlowRecorder("reindex", catalog_name_of(catalog), cfg)
     with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), lock_wait_s), recorder.run():
@@ -91,7 +79,7 @@ def reindex(
                 recorder.log_file(tok.model_dir, "rqvae")
 
         key = index_inputs_key(cat, emb, tok, cfg.prune, cfg.gate)
-        if current is not None and json.loads((current / "manifest.json").read_text()).get("inputs_key") == key:
+        if current is not None and index_manifest(current).get("inputs_key") == key:
             logger.info("index %s was built from the same inputs: reused", current.name)
             index = reuse_published(cat.name, current.name)
         else:

@@ -9,18 +9,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows.common import FlowRecorder, resolve_config
+from flows.common import FlowRecorder
 from rqsid import RqsidError
-from tasks.pipeline import (
-    DEMO_ITEMS,
-    catalog_name_of,
-    flat_metrics,
-    interactions_of,
-    mark_registered,
-    registry,
-    stage_interactions,
-    train_and_evaluate,
-)
+from rqsid.config import RqsidConfig
+from rqsid.sources import DEMO_ITEMS, catalog_name_of
+from tasks.common import registry
+from tasks.generator import flat_metrics, interactions_of, mark_registered, stage_interactions, train_and_evaluate
 
 RANK_BY = ("valid.all.recall_at_10", "valid.all.ndcg_at_10")
 
@@ -41,7 +35,7 @@ def retrain(
     catalog_name: str | None = None,
     index_version: str | None = None,
     interactions: str | None = None,
-    config: dict | None = None,
+    config: RqsidConfig | None = None,
     catalog: str | None = None,
     demo_items: int = DEMO_ITEMS,
 ) -> dict[str, Any]:
@@ -49,13 +43,12 @@ def retrain(
 
     catalog: a catalog source to re-index first (what a drift event passes), so the generator learns
     the SIDs of today's catalog."""
-    cfg = resolve_config(config)
+    cfg = config or RqsidConfig()
     logger = get_run_logger()
     if catalog is not None:
         from flows.reindex import reindex
 
-        catalog_name = reindex(catalog=catalog, interactions=interactions, config=cfg.model_dump(mode="json"),
-                               demo_items=demo_items)["catalog_name"]
+        catalog_name = reindex(catalog=catalog, interactions=interactions, config=cfg, demo_items=demo_items)["catalog_name"]
     catalog_name = catalog_name or catalog_name_of(None)
     reg = registry(catalog_name)
     index_dir = reg.path(index_version) if index_version else reg.current_path()

@@ -143,6 +143,14 @@ def _duplicates(values: np.ndarray) -> np.ndarray:
     return dup
 
 
+def quarantine_reasons(quarantine: pa.Table) -> dict[str, int]:
+    """How many quarantined rows each reason holds, by reason."""
+    if quarantine.num_rows == 0:
+        return {}
+    reasons, counts = np.unique(quarantine.column("reason").to_numpy(zero_copy_only=False).astype(str), return_counts=True)
+    return {str(r): int(c) for r, c in zip(reasons, counts, strict=True)}
+
+
 def validate_catalog(table: pa.Table) -> tuple[pa.Table, pa.Table]:
     """(clean catalog, quarantine) — missing ids, duplicate ids (first kept), rows with no text at all."""
     table = conform(table, CATALOG_SCHEMA, "catalog")
@@ -207,7 +215,7 @@ def item_text(table: pa.Table, max_chars: int = 2000) -> list[str]:
     """One string per item: "title. Brand: b. Categories: a > b > c. description. extra" (empty parts skipped)."""
     cols = {name: table.column(name).to_pylist() for name in ("title", "brand", "categories", "description", "extra")}
     texts = []
-    for title, brand, cats, desc, extra in zip(*cols.values()):
+    for title, brand, cats, desc, extra in zip(*cols.values(), strict=True):
         brand = _clean(brand)
         path = " > ".join(c.strip() for c in cats or [] if c and c.strip())
         parts = [

@@ -1,6 +1,9 @@
 """One typed configuration for the whole pipeline, loaded from a file and overridable by flags.
 
-Every section has defaults that run on a 2-core laptop; every run logs the whole model.
+Every section has defaults that run on a 2-core laptop; every run logs the whole model. Named profiles
+(`PROFILES`: demo, quick, full) bound a run's cost; `load_config` merges one rule for all of them:
+profile < config file < --set overrides (a profile fills only what the file and the overrides leave unset).
+An artifact's version id hashes `section.identity()`: the section without its runtime fields.
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from rqsid import RqsidError
 
+# How fast an artifact is made, not what it is: left out of version ids.
+RUNTIME_FIELDS = frozenset({"threads"})
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define an artifact made with this section (version ids hash exactly these)."""
+        return self.model_dump(mode="json", exclude=RUNTIME_FIELDS & set(type(self).model_fields))
 
 
 class EmbedConfig(_Section):
@@ -58,7 +68,8 @@ class PruneConfig(_Section):
     # Beauty and Scientific; our RQ-VAE's layers 1 and 3 on Scientific: 0.32, 0.29), so 0.4 sits about
     # the hourglass margin (0.1) above the worst healthy neighbour and flags a layer 2 like our
     # Scientific RQ-VAE's (0.43, an hourglass) while passing every healthy layer measured.
-    gini_threshold: float = Field(0.4, gt=0, le=1, description="Gini (over the codes still in play) that the retained layer-2 tokens must reach")
+    gini_threshold: float = Field(0.4, gt=0, le=1, description="Gini (over the codes still in play) that the retained "
+                                  "layer-2 tokens must reach; gate.max_layer2_gini follows it")
     max_collision_rate: float = Field(0.2, ge=0, le=1, description="bound on the share of items that share a SID before dedup")
     max_k: int | None = Field(None, ge=0, description="largest K tried; None = all tokens (then the layer is dropped)")
     fallback: Literal["drop_layer", "keep"] = Field(
@@ -66,7 +77,8 @@ class PruneConfig(_Section):
 
 
 class GateConfig(_Section):
-    max_layer2_gini: float = Field(0.4, gt=0, le=1, description="same figure and default as prune.gini_threshold, so a pruned index passes")
+    max_layer2_gini: float = Field(0.4, gt=0, le=1, description="equals prune.gini_threshold (set either; see "
+                                   "RqsidConfig), so a pruned index passes")
     max_collision_rate: float = Field(0.2, ge=0, le=1)
     min_utilisation: float = Field(0.05, ge=0, le=1, description="each layer must use at least this share of its codes")
 
@@ -129,9 +141,28 @@ class RqsidConfig(_Section):
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")
-    def _prune_level_exists(self) -> "RqsidConfig":
+    def _prune_level_exists(self) -> RqsidConfig:
         if self.prune.level > self.quantizer.levels:
             raise ValueError(f"prune.level={self.prune.level} but the quantizer has {self.quantizer.levels} levels")
+        return self
+
+    @model_validator(mode="after")
+    def _gate_follows_pruning(self) -> RqsidConfig:
+        """Pruning chooses K so that the layer-2 Gini meets prune.gini_threshold; the gate then checks the
+        same figure against gate.max_layer2_gini. Two different bounds would let pruning stop where the gate
+        fails (or the reverse), so they are one figure: set either and the other follows; set both differently
+        and the config is refused."""
+        gini, gate = self.prune.gini_threshold, self.gate.max_layer2_gini
+        prune_set, gate_set = "gini_threshold" in self.prune.model_fields_set, "max_layer2_gini" in self.gate.model_fields_set
+        if gini == gate:
+            return self
+        if prune_set and gate_set:
+            raise ValueError(f"gate.max_layer2_gini={gate} differs from prune.gini_threshold={gini}: they are one "
+                             "figure (the gate checks what pruning aims at); set one of them, or both to the same value")
+        if gate_set:
+            self.prune.gini_threshold = gate
+        else:
+            self.gate.max_layer2_gini = gini
         return self
 
     def flat(self) -> dict[str, Any]:
@@ -161,16 +192,43 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     data.setdefault(section, {})[field] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RqsidConfig:
-    """Load a config file (.toml, .json, .yaml) and apply dotted overrides like {"quantizer.levels": 4}."""
+# Named profiles: config values that bound a run's cost, filled in only where the caller set nothing.
+PROFILES: dict[str, dict[str, Any]] = {
+    # the demo catalog (3,000 synthetic items): the whole `make demo` stays within minutes
+    "demo": {"quantizer.epochs": 60, "quantizer.early_stop_patience": 10, "generator.epochs": 12,
+             "generator.max_train_minutes": 2.0, "generator.valid_users": 1000, "generator.beam_size": 10},
+    # `rqsid study --quick`: under 15 minutes on Scientific on 2 busy cores
+    "quick": {"quantizer.epochs": 30, "quantizer.threads": 1, "generator.max_train_minutes": 1.0,
+              "generator.valid_users": 500, "generator.beam_size": 10, "generator.threads": 1},
+    # the full study: one thread per fit (runs share the cores), 10-minute generators
+    "full": {"quantizer.threads": 1, "generator.max_train_minutes": 10.0, "generator.threads": 1},
+}
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                profile: str | None = None) -> RqsidConfig:
+    """Load a config file (.toml, .json, .yaml), apply dotted overrides like {"quantizer.levels": 4}, then let
+    the named profile fill the fields that neither of them set."""
     data: dict[str, Any] = _read(Path(path)) if path else {}
     for key, value in (overrides or {}).items():
         _set_dotted(data, key, value)
+    if profile is not None:
+        if profile not in PROFILES:
+            raise RqsidError(f"unknown config profile {profile!r}; use one of {', '.join(PROFILES)}")
+        for key, value in PROFILES[profile].items():
+            section, _, field = key.partition(".")
+            data.setdefault(section, {}).setdefault(field, value)
     try:
         return RqsidConfig.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        problems = "; ".join(_problem(e) for e in err.errors())
         raise RqsidError(f"invalid config: {problems}") from None
+
+
+def _problem(error: dict[str, Any]) -> str:
+    """One validation error as `section.field: message` (a rule over several fields has no field)."""
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(map(str, error['loc']))}: {message}" if error["loc"] else message
 
 
 def parse_override(text: str) -> tuple[str, Any]:

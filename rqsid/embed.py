@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from rqsid import RqsidError
 from rqsid.catalog import item_text
+from rqsid.config import EmbedConfig
 from rqsid.schema import embeddings_schema
 
 __all__ = ["TextEmbedder", "embed_catalog", "item_text", "read_embeddings", "write_embeddings", "default_model_path"]
@@ -64,6 +65,12 @@ class TextEmbedder:
         self.normalize = normalize
         self.sort_by_length = sort_by_length
         self.last_items_per_s: float | None = None
+
+    @classmethod
+    def from_config(cls, config: EmbedConfig, num_threads: int | None = None) -> TextEmbedder:
+        """The embedder an EmbedConfig describes: items and queries embed the same way only through this."""
+        return cls(config.model_path, batch_size=config.batch_size, max_seq_length=config.max_seq_length,
+                   normalize=config.normalize, num_threads=num_threads)
 
     @property
     def dim(self) -> int:
@@ -189,7 +196,8 @@ def _vectors(vectors: pa.Array, path: Path, offset: int = 0) -> np.ndarray:
     if pa.types.is_fixed_size_list(vectors.type):
         dim = vectors.type.list_size
         if vectors.null_count:
-            raise RqsidError(f"embeddings {path}: null vector in rows {_rows(np.flatnonzero(vectors.is_null().to_numpy(zero_copy_only=False)) + offset)}")
+            nulls = np.flatnonzero(vectors.is_null().to_numpy(zero_copy_only=False)) + offset
+            raise RqsidError(f"embeddings {path}: null vector in rows {_rows(nulls)}")
         return vectors.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
     if not (pa.types.is_list(vectors.type) or pa.types.is_large_list(vectors.type)):
         raise RqsidError(f"embeddings {path}: column 'vector' has type {vectors.type}, expected a list of float32")

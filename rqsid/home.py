@@ -22,7 +22,7 @@ class ProjectHome:
     root: Path
 
     @classmethod
-    def default(cls) -> "ProjectHome":
+    def default(cls) -> ProjectHome:
         return cls(Path(os.environ.get("RQSID_HOME") or Path.cwd() / ".rqsid").resolve())
 
     @property
@@ -53,7 +53,7 @@ class ProjectHome:
     def cache(self) -> Path:
         return self.root / "cache"
 
-    def ensure(self) -> "ProjectHome":
+    def ensure(self) -> ProjectHome:
         for p in (self.root, self.prefect, self.mlflow_artifacts, self.data, self.indexes, self.cache):
             p.mkdir(parents=True, exist_ok=True)
         return self
@@ -76,7 +76,7 @@ class ProjectHome:
             "TOKENIZERS_PARALLELISM": "false",
         }
 
-    def activate(self, override: bool = False) -> "ProjectHome":
+    def activate(self, override: bool = False) -> ProjectHome:
         """Create the folders and export the environment (existing values win unless override)."""
         self.ensure()
         for key, value in self.environment().items():

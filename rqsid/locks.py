@@ -12,10 +12,10 @@ import json
 import os
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
 
 from rqsid import RqsidError
 
@@ -66,7 +66,7 @@ def catalog_lock(home_root: Path, catalog_name: str, wait_s: float = 0.0) -> Ite
                 raise RqsidError(f"another re-index of catalog {catalog_name} is running ({_holder(fd)}){waited}; "
                                  f"lock {path}")
             time.sleep(POLL_S)  # polling a lock held by another process; bounded by the deadline
-        since = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        since = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": since}).encode(), 0)
         _held[path] = 1

@@ -6,8 +6,9 @@ in worker processes. Each `plot_*` writes a PNG and returns its path; `*_figure`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -70,7 +71,7 @@ def token_frequency_figure(report: Report, title: str = "") -> Figure:
     layers = report["layers"]
     figure = Figure(figsize=(4.2 * len(layers), 3.6), layout="constrained")
     axes = figure.subplots(1, len(layers), squeeze=False)[0]
-    for ax, layer in zip(axes, layers):
+    for ax, layer in zip(axes, layers, strict=False):
         if not layer["n_items"]:
             _dropped(ax, layer)
         else:

@@ -5,11 +5,13 @@ lexicographic order of their paths, so the children of a node are a contiguous i
 by token. The whole trie is four flat arrays, built with numpy from the sorted token matrix:
 `first_child` (CSR row pointer, N + 1), `token` (N), `item` (N, row index at a complete SID's
 last token, else -1) and `edge_key` (parent * vocab + token, sorted) for vectorised child lookup.
+`save` / `load` keep those arrays in one .npz file (an index version's `trie.npz`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,7 +39,7 @@ class SidTrie:
     vocab_size: int
 
     @classmethod
-    def build(cls, token_matrix: np.ndarray, vocab_size: int) -> "SidTrie":
+    def build(cls, token_matrix: np.ndarray, vocab_size: int) -> SidTrie:
         """Trie of the rows of an (n, T) token matrix (rows: tokens then -1 padding, e.g. ending in eos)."""
         tokens = np.asarray(token_matrix, dtype=np.int64)
         if tokens.ndim != 2 or tokens.shape[0] == 0:
@@ -58,7 +60,7 @@ class SidTrie:
         return cls._from_sorted(tokens, new_node, order, lengths, vocab_size)
 
     @classmethod
-    def _from_sorted(cls, tokens, new_node, order, lengths, vocab_size) -> "SidTrie":
+    def _from_sorted(cls, tokens, new_node, order, lengths, vocab_size) -> SidTrie:
         # column-major walk = breadth-first numbering: depth by depth, lexicographic within a depth
         per_depth = new_node.sum(axis=0)
         depth_base = 1 + np.r_[0, np.cumsum(per_depth)[:-1]]
@@ -83,6 +85,22 @@ class SidTrie:
             edge_key=node_parent[1:] * vocab_size + node_token[1:],
             vocab_size=int(vocab_size),
         )
+
+    def save(self, path: str | Path) -> Path:
+        """The four arrays and the vocabulary size in one uncompressed .npz file."""
+        path = Path(path)
+        np.savez(path, first_child=self.first_child, token=self.token, item=self.item, edge_key=self.edge_key,
+                 vocab_size=self.vocab_size)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SidTrie:
+        path = Path(path)
+        if not path.exists():
+            raise RqsidError(f"trie file not found: {path}")
+        with np.load(path) as arrays:
+            return cls(first_child=arrays["first_child"], token=arrays["token"], item=arrays["item"],
+                       edge_key=arrays["edge_key"], vocab_size=int(arrays["vocab_size"]))
 
     @property
     def n_nodes(self) -> int:

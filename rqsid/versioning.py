@@ -1,5 +1,5 @@
-"""Versioned artifacts: content hashes, version ids, an on-disk version store, atomic publication of
-index versions, and SIDs that stay stable across re-indexing.
+"""Versioned artifacts: content hashes, version ids, an on-disk version store, and atomic publication of
+index versions (what an index version holds, and how SIDs stay stable across them: rqsid.index).
 
 An artifact's version id is a hash of its inputs' version ids and the config that produced it, so a
 rerun with the same inputs finds the artifact on disk and reuses it (across processes: the store is
@@ -15,16 +15,18 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rqsid import RqsidError
+from rqsid.jsonio import to_jsonable, write_json_atomic
 
 HASH_CHARS = 16
 MANIFEST = "manifest.json"
@@ -34,19 +36,9 @@ CONTENT_FIELDS = ("title", "brand", "categories", "description", "extra")
 # ---------------------------------------------------------------- hashes and version ids
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "model_dump"):  # pydantic config sections
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot hash a {type(value).__name__}")
-
-
 def stable_json(value: Any) -> str:
     """Canonical JSON (sorted keys, no spaces): equal values give equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=to_jsonable)
 
 
 def digest(*parts: str | bytes) -> str:
@@ -80,8 +72,16 @@ def catalog_version(item_ids: np.ndarray, content_hashes: np.ndarray) -> str:
     """Version id of a catalog: its set of (item id, content hash) pairs, independent of row order."""
     ids = np.asarray(item_ids, dtype=str)
     order = np.argsort(ids, kind="stable")
-    lines = "\n".join(f"{i}\t{h}" for i, h in zip(ids[order], np.asarray(content_hashes)[order]))
+    lines = "\n".join(f"{i}\t{h}" for i, h in zip(ids[order], np.asarray(content_hashes)[order], strict=True))
     return f"catalog-{digest(lines)}"
+
+
+def interactions_version(interactions: pa.Table) -> str:
+    """A cheap identity of interactions: their (user, seq) keys, with each row's item as its 'content'."""
+    users = interactions.column("user_id").to_numpy(zero_copy_only=False).astype(str)
+    seqs = interactions.column("seq").to_numpy().astype(str)
+    keys = np.char.add(np.char.add(users, "\x1f"), seqs)
+    return catalog_version(keys, interactions.column("item_id").to_numpy(zero_copy_only=False))
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -93,12 +93,6 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 # ---------------------------------------------------------------- the version store
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True, default=_jsonable))
-    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -147,7 +141,7 @@ class VersionStore:
         try:
             yield tmp
             if not (tmp / MANIFEST).exists():
-                _write_json_atomic(tmp / MANIFEST, {"kind": kind, "version": version, "created": time.time()})
+                write_json_atomic(tmp / MANIFEST, {"kind": kind, "version": version, "created": time.time()})
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -164,7 +158,7 @@ class VersionStore:
             return self.get(kind, version)
         with self.staging(kind, version) as folder:
             fields = dict(build(folder) or {})
-            _write_json_atomic(folder / MANIFEST, {"kind": kind, "version": version, "created": time.time(), **fields})
+            write_json_atomic(folder / MANIFEST, {"kind": kind, "version": version, "created": time.time(), **fields})
         return Artifact(kind, version, self.path(kind, version), reused=False)
 
 
@@ -215,111 +209,3 @@ class IndexRegistry:
         tmp = self.pointer.with_name(f".current.{os.getpid()}.tmp")
         tmp.write_text(version + "\n")
         os.replace(tmp, self.pointer)
-
-
-# ---------------------------------------------------------------- stable SIDs across versions
-
-
-def positions(keys: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Row of each key in `reference` (unique), -1 where absent."""
-    keys = np.asarray(keys, dtype=str)
-    reference = np.asarray(reference, dtype=str)
-    if len(reference) == 0:
-        return np.full(len(keys), -1, dtype=np.int64)
-    order = np.argsort(reference, kind="stable")
-    slot = np.searchsorted(reference[order], keys).clip(max=len(reference) - 1)
-    found = reference[order][slot] == keys
-    return np.where(found, order[slot], -1).astype(np.int64)
-
-
-@dataclass(frozen=True)
-class ItemDelta:
-    """How today's items relate to a previous version's: `prev_row[i]` is item i's row there when its
-    content is unchanged (-1 for new or changed items)."""
-
-    prev_row: np.ndarray
-    n_new: int
-    n_changed: int
-    n_removed: int
-
-    @property
-    def unchanged(self) -> np.ndarray:
-        return self.prev_row >= 0
-
-    @property
-    def n_unchanged(self) -> int:
-        return int(self.unchanged.sum())
-
-    @property
-    def new_or_changed_share(self) -> float:
-        return (self.n_new + self.n_changed) / max(len(self.prev_row), 1)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "n_items": len(self.prev_row),
-            "n_unchanged": self.n_unchanged,
-            "n_new": self.n_new,
-            "n_changed": self.n_changed,
-            "n_removed": self.n_removed,
-            "new_or_changed_share": self.new_or_changed_share,
-        }
-
-
-def item_delta(prev_ids, prev_hashes, ids, hashes) -> ItemDelta:
-    row = positions(ids, prev_ids)
-    known = row >= 0
-    same = np.zeros(len(row), dtype=bool)
-    same[known] = np.asarray(prev_hashes, dtype=object)[row[known]] == np.asarray(hashes, dtype=object)[known]
-    n_removed = int((positions(prev_ids, ids) < 0).sum())
-    return ItemDelta(np.where(same, row, -1), int((~known).sum()), int((known & ~same).sum()), n_removed)
-
-
-def carry_codes(prev_codes: np.ndarray, delta: ItemDelta, new_codes: np.ndarray) -> np.ndarray:
-    """Full code matrix for today's items: unchanged items keep their previous codes; the rest take
-    `new_codes`, given in item order for exactly the items where `delta.unchanged` is False."""
-    keep = delta.unchanged
-    if len(new_codes) != int((~keep).sum()):
-        raise RqsidError(f"{len(new_codes)} new codes for {int((~keep).sum())} new or changed items")
-    codes = np.empty((len(keep), prev_codes.shape[1]), dtype=np.int64)
-    codes[keep] = prev_codes[delta.prev_row[keep]]
-    codes[~keep] = new_codes
-    return codes
-
-
-def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray) -> np.ndarray:
-    """Dedup tokens for items that share their whole kept code path, reusing `prior` (an item's dedup
-    token in the previous version, -1 if none or if its path changed) wherever it is still free within
-    the item's collision group; the others get the smallest free numbers in item order. Unique items
-    get -1, as in `rqsid.sids`."""
-    n = len(kept_codes)
-    dedup = np.full(n, -1, dtype=np.int64)
-    if n == 0:
-        return dedup
-    _, group, size = np.unique(kept_codes, axis=0, return_inverse=True, return_counts=True)
-    group = group.reshape(-1)
-    colliding = np.flatnonzero(size[group] > 1)
-    order = colliding[np.argsort(group[colliding], kind="stable")]
-    bounds = np.flatnonzero(np.diff(group[order])) + 1
-    # Collision groups are few and small (the gate bounds the collision rate): a loop over groups.
-    for members in np.split(order, bounds) if len(order) else []:
-        wanted = prior[members]
-        taken: set[int] = set()
-        for pos, token in enumerate(wanted):
-            if token >= 0 and token not in taken and token < len(members):
-                dedup[members[pos]] = token
-                taken.add(int(token))
-        free = iter(t for t in range(len(members)) if t not in taken)
-        for m in members[dedup[members] < 0]:
-            dedup[m] = next(free)
-    return dedup
-
-
-def changed_sid_count(prev_ids, prev_tokens: np.ndarray, ids, tokens: np.ndarray) -> dict[str, int]:
-    """How many items present in both versions have a different token sequence (SID)."""
-    row = positions(ids, prev_ids)
-    both = np.flatnonzero(row >= 0)
-    width = max(prev_tokens.shape[1], tokens.shape[1])
-    a = np.pad(prev_tokens, ((0, 0), (0, width - prev_tokens.shape[1])), constant_values=-1)[row[both]]
-    b = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=-1)[both]
-    changed = int((a != b).any(axis=1).sum())
-    return {"items_in_both": len(both), "sids_changed": changed, "sids_kept": len(both) - changed}

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,26 +64,25 @@ def dask_client(address: str | None = None, n_workers: int = 2, timeout_s: float
 
 # ---------------------------------------------------------------- on the workers
 
-_EMBEDDERS: dict[tuple, Any] = {}  # one model per worker process, reused across partitions and runs
+_EMBEDDERS: dict[str, Any] = {}  # one model per worker process, reused across partitions and runs
 
 
-def _embedder(settings: tuple):
-    if settings not in _EMBEDDERS:
+def _embedder(config: EmbedConfig):
+    key = config.model_dump_json()
+    if key not in _EMBEDDERS:
         from rqsid.embed import TextEmbedder
 
-        model_path, batch_size, max_seq_length, normalize = settings
-        _EMBEDDERS[settings] = TextEmbedder(model_path, batch_size=batch_size, max_seq_length=max_seq_length,
-                                            normalize=normalize, num_threads=1)
-    return _EMBEDDERS[settings]
+        _EMBEDDERS[key] = TextEmbedder.from_config(config, num_threads=1)
+    return _EMBEDDERS[key]
 
 
-def _embed_partition(part: pd.DataFrame, settings: tuple, max_chars: int) -> pd.DataFrame:
+def _embed_partition(part: pd.DataFrame, config: EmbedConfig) -> pd.DataFrame:
     from rqsid.embed import item_text
 
     if part.empty:
         return _OUT_META.copy()
     table = pa.Table.from_pandas(part[TEXT_COLUMNS], preserve_index=False)
-    X = _embedder(settings).embed(item_text(table, max_chars=max_chars), progress=False)
+    X = _embedder(config).embed(item_text(table, max_chars=config.max_chars), progress=False)
     return pd.DataFrame({"item_id": part["item_id"].astype(object).to_numpy(), "vector": list(X)},
                         index=part.index)
 
@@ -90,10 +90,11 @@ def _embed_partition(part: pd.DataFrame, settings: tuple, max_chars: int) -> pd.
 # ---------------------------------------------------------------- on the driver
 
 
-def _settings(config: EmbedConfig) -> tuple:
+def _resolved(config: EmbedConfig) -> EmbedConfig:
+    """The config the workers get: the default model's folder resolved here, so every worker loads the same."""
     from rqsid.embed import default_model_path
 
-    return (config.model_path or default_model_path(), config.batch_size, config.max_seq_length, config.normalize)
+    return config.model_copy(update={"model_path": config.model_path or default_model_path()})
 
 
 def _partitions(catalog_path: Path, partition_rows: int):
@@ -122,7 +123,7 @@ def embed_catalog_dask(catalog_path: str | Path, out_path: str | Path, embed_con
         raise RqsidError(f"catalog {catalog_path} lacks the columns {', '.join(missing)}")
     start = time.perf_counter()
     frame, n_rows = _partitions(catalog_path, partition_rows)
-    vectors = frame.map_partitions(_embed_partition, _settings(embed_config), embed_config.max_chars, meta=_OUT_META)
+    vectors = frame.map_partitions(_embed_partition, _resolved(embed_config), meta=_OUT_META)
     futures = client.compute(vectors.to_delayed())
     done: dict[str, pd.DataFrame] = {}
     with tqdm(total=n_rows, unit="item", desc="embedding (dask)", disable=not progress) as bar:

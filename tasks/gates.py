@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache, lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,7 +56,7 @@ def _context():
     return context
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validation(name: str, build: Callable[[Any], list]):
     """A ValidationDefinition over a whole-dataframe batch; `build(gx.expectations)` lists the expectations."""
     import great_expectations as gx
@@ -92,7 +93,7 @@ def _describe(result, row_labels: pd.Series | None) -> str:
     rows = seen.get("partial_unexpected_index_list") or []
     values = seen.get("partial_unexpected_list") or []
     examples = []
-    for row, value in list(zip(rows, values))[:5]:
+    for row, value in list(zip(rows, values, strict=False))[:5]:
         label = f" item {row_labels.iloc[row]}" if row_labels is not None else ""
         examples.append(f"row {row}{label} = {_short(value)}")
     example = f"; e.g. {', '.join(examples)}" if examples else ""

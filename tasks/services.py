@@ -1,4 +1,5 @@
-"""Local services: a Prefect server and the MLflow UI, bound to 127.0.0.1, state under the project home.
+"""Local services: a Prefect server and the MLflow UI, bound to 127.0.0.1, state under the project home;
+and the Prefect API a command runs its flows against, after checking that configured remote services answer.
 
 Each service runs as a child process in its own process group (servers spawn helpers), waits for
 its health endpoint with a bounded timeout, and `.stop()` ends the whole group.
@@ -7,6 +8,7 @@ its health endpoint with a bounded timeout, and `.stop()` ends the whole group.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import signal
@@ -16,10 +18,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from rqsid import RqsidError
+from rqsid.config import RqsidConfig
 from rqsid.home import ProjectHome
 
 HOST = "127.0.0.1"
@@ -52,7 +58,7 @@ class ServerHandle:
         _signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
-    def __enter__(self) -> "ServerHandle":
+    def __enter__(self) -> ServerHandle:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -83,10 +89,8 @@ def free_port() -> int:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -173,6 +177,53 @@ def ensure_prefect_api(home: ProjectHome, port: int = 4200, timeout_s: float = 1
     _STARTED.append(handle)
     os.environ["PREFECT_API_URL"] = handle.api_url
     return handle.api_url
+
+
+# ---------------------------------------------------------------- the Prefect API a command runs flows against
+
+
+@contextmanager
+def prefect_api(config: RqsidConfig) -> Iterator[str]:
+    """The configured Prefect API, else a healthy local server (started now, stopped at exit)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = ProjectHome.default().activate()
+    preflight(config)
+    if config.orchestration.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = config.orchestration.prefect_api_url
+    started = time.perf_counter()
+    api = ensure_prefect_api(home)
+    print(f"prefect API: {api} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        yield api
+
+
+def preflight(config: RqsidConfig, timeout_s: float = 5.0) -> None:
+    """Configured remote services must answer now: a clear RqsidError within seconds, not a retry hang (MLflow's
+    HTTP client retries for minutes) or a silent fall-back to a local Prefect server."""
+    orch = config.orchestration
+    checks = []
+    if orch.prefect_api_url:
+        checks.append(("orchestration.prefect_api_url", orch.prefect_api_url, f"{orch.prefect_api_url.rstrip('/')}/health"))
+    if orch.mlflow_tracking_uri and orch.mlflow_tracking_uri.startswith(("http://", "https://")):
+        mlflow_health = f"{orch.mlflow_tracking_uri.rstrip('/')}/health"
+        checks.append(("orchestration.mlflow_tracking_uri", orch.mlflow_tracking_uri, mlflow_health))
+    for name, value, url in checks:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
+                if response.status == 200:
+                    continue
+            problem = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            problem = str(getattr(err, "reason", err))
+        raise RqsidError(f"{name}={value} does not answer ({url}: {problem}, {timeout_s:g} s limit)")
+    if orch.dask_address:
+        parts = urlsplit(orch.dask_address if "://" in orch.dask_address else f"tcp://{orch.dask_address}")
+        try:
+            socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
+        except (OSError, TypeError, ValueError) as err:
+            raise RqsidError(f"orchestration.dask_address={orch.dask_address}: no scheduler answers ({err}, "
+                             f"{timeout_s:g} s limit)") from None
 
 
 # ---------------------------------------------------------------- MLflow

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"  # the string "true"; "1" is ignored
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 import mlflow  # noqa: E402
-import pandas as pd  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
+import pandas as pd  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 

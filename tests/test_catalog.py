@@ -15,27 +15,14 @@ from rqsid.catalog import (
     write_catalog,
     write_interactions,
 )
-from rqsid.importers import import_scientific
 from rqsid.schema import CATALOG_SCHEMA, INTERACTIONS_SCHEMA
+from synthetic_tables import shop
 
 
 def _catalog(rows: list[dict]) -> pa.Table:
-    full = [{"item_id": None, "title": None, "brand": None, "categories": None, "description": None, "extra": None} | r for r in rows]
+    empty = {"item_id": None, "title": None, "brand": None, "categories": None, "description": None, "extra": None}
+    full = [empty | r for r in rows]
     return pa.Table.from_pylist(full, schema=pa.schema([f.with_nullable(True) for f in CATALOG_SCHEMA]))
-
-
-@pytest.fixture(scope="module")
-def scientific(scientific_dir):
-    return import_scientific(scientific_dir)
-
-
-def test_real_catalog_validates_clean(scientific):
-    catalog, interactions = scientific
-    clean, quarantine = validate_catalog(catalog)
-    assert clean.num_rows == 4344 and quarantine.num_rows == 0
-    assert clean.schema.equals(CATALOG_SCHEMA)
-    inter, bad = validate_interactions(interactions, clean.column("item_id"))
-    assert inter.num_rows == 58492 and bad.num_rows == 0
 
 
 def test_quarantine_duplicates_missing_ids_and_empty_text():
@@ -54,7 +41,7 @@ def test_quarantine_duplicates_missing_ids_and_empty_text():
     clean, quarantine = validate_catalog(table)
     assert clean.column("item_id").to_pylist() == ["a", "b", "d"]
     assert clean.column("title").to_pylist()[0] == "Red lipstick"  # the first of the duplicates is kept
-    reasons = dict(zip(quarantine.column("title").to_pylist(), quarantine.column("reason").to_pylist()))
+    reasons = dict(zip(quarantine.column("title").to_pylist(), quarantine.column("reason").to_pylist(), strict=True))
     assert reasons == {
         "Second row with id a": "duplicate item_id",
         "No id": "missing item_id",
@@ -95,8 +82,8 @@ def test_interactions_quarantine_unknown_items_and_duplicate_positions():
     assert sorted(quarantine.column("reason").to_pylist()) == ["duplicate (user_id, seq)", "missing user_id", "unknown item_id"]
 
 
-def test_parquet_round_trip_keeps_rows_and_metadata(tmp_path, scientific):
-    catalog, interactions = scientific
+def test_parquet_round_trip_keeps_rows_and_metadata(tmp_path):
+    catalog, interactions = shop()
     subset = catalog.slice(0, 200).replace_schema_metadata({b"rqsid.synthetic": b"false"})
     write_catalog(subset, tmp_path / "catalog.parquet")
     back = read_catalog(tmp_path / "catalog.parquet")

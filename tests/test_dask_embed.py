@@ -13,17 +13,17 @@ from rqsid import RqsidError
 from rqsid.catalog import write_catalog
 from rqsid.config import EmbedConfig
 from rqsid.embed import TextEmbedder, item_text, read_embeddings
-from rqsid.importers import import_scientific
+from synthetic_tables import shop
 from tasks.dask_embed import dask_client, embed_catalog_dask
 
 N_ITEMS = 160
 
 
 @pytest.fixture(scope="module")
-def small_catalog(scientific_dir, tmp_path_factory):
-    catalog, _ = import_scientific(scientific_dir)
-    # Every 27th item: a spread of short and long texts across the catalog, not just its head.
-    subset = catalog.take(np.arange(0, catalog.num_rows, 27)[:N_ITEMS])
+def small_catalog(tmp_path_factory):
+    catalog, _ = shop(n_items=600)
+    # Every third item: a spread of short and long texts across the catalog, not just its head.
+    subset = catalog.take(np.arange(0, catalog.num_rows, 3)[:N_ITEMS])
     return subset, write_catalog(subset, tmp_path_factory.mktemp("dask") / "catalog.parquet")
 
 
@@ -52,9 +52,9 @@ def test_unreachable_scheduler_is_a_clear_error():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     start = time.perf_counter()
-    with pytest.raises(RqsidError, match=f"no Dask scheduler answered at tcp://127.0.0.1:{port}"):
-        with dask_client(f"tcp://127.0.0.1:{port}", timeout_s=2):
-            pass
+    with pytest.raises(RqsidError, match=f"no Dask scheduler answered at tcp://127.0.0.1:{port}"), \
+            dask_client(f"tcp://127.0.0.1:{port}", timeout_s=2):
+        pass
     assert time.perf_counter() - start < 30
 
 

@@ -1,5 +1,5 @@
-"""Drift statistics on real catalog changes: content-hash deltas of the Scientific catalog, and the
-thresholds of DriftConfig applied to the three signals."""
+"""Drift statistics on catalog changes: content-hash deltas of the synthetic shop, and the thresholds of
+DriftConfig applied to the three signals."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import pytest
 
 from rqsid.config import DriftConfig
 from rqsid.drift import apply_removed_tokens, drift_report
-from rqsid.importers import import_scientific
+from rqsid.index import carry_codes, item_delta
 from rqsid.metrics import distribution_report
-from rqsid.versioning import carry_codes, item_content_hashes, item_delta
+from rqsid.versioning import item_content_hashes
+from synthetic_tables import shop
 
 
 @pytest.fixture(scope="module")
-def scientific(scientific_dir) -> pa.Table:
-    return import_scientific(scientific_dir)[0]
+def catalog() -> pa.Table:
+    return shop(n_items=1200)[0]
 
 
 def _delta(prev: pa.Table, today: pa.Table):
@@ -24,8 +25,8 @@ def _delta(prev: pa.Table, today: pa.Table):
     return item_delta(ids(prev), item_content_hashes(prev), ids(today), item_content_hashes(today))
 
 
-def test_growth_past_the_share_threshold_is_drift(scientific):
-    prev, today = scientific.slice(0, 1000), scientific.slice(0, 1200)
+def test_growth_past_the_share_threshold_is_drift(catalog):
+    prev, today = catalog.slice(0, 1000), catalog.slice(0, 1200)
     delta = _delta(prev, today)
     assert (delta.n_new, delta.n_changed, delta.n_removed) == (200, 0, 0)
     report = drift_report(delta.as_dict(), 0.70, 0.68, 0.40, 0.41, 0.75, DriftConfig())
@@ -36,21 +37,21 @@ def test_growth_past_the_share_threshold_is_drift(scientific):
     assert report.layer2_gini_new_only == 0.75 and report.as_dict()["drifted"] is True
 
 
-def test_small_growth_with_familiar_items_is_not_drift(scientific):
-    delta = _delta(scientific.slice(0, 1000), scientific.slice(0, 1050))
+def test_small_growth_with_familiar_items_is_not_drift(catalog):
+    delta = _delta(catalog.slice(0, 1000), catalog.slice(0, 1050))
     report = drift_report(delta.as_dict(), 0.70, 0.68, 0.40, 0.41, None, DriftConfig())
     assert not report.drifted and report.exceeded == []
 
 
-def test_each_signal_trips_its_own_threshold(scientific):
-    delta = _delta(scientific.slice(0, 1000), scientific.slice(0, 1010)).as_dict()
+def test_each_signal_trips_its_own_threshold(catalog):
+    delta = _delta(catalog.slice(0, 1000), catalog.slice(0, 1010)).as_dict()
     config = DriftConfig(max_new_share=0.1, max_recon_ratio=1.5, max_new_layer2_gini=0.6)
     novel = drift_report(delta, 1.2, 0.6, 0.4, 0.45, None, config)
     assert [e.split()[0] for e in novel.exceeded] == ["recon_ratio"]
     piled = drift_report(delta, 0.6, 0.6, 0.4, 0.65, None, config)
     assert [e.split()[0] for e in piled.exceeded] == ["layer2_gini"]
     # no new items: nothing to reconstruct, no ratio
-    none_new = drift_report(_delta(scientific.slice(0, 10), scientific.slice(0, 10)).as_dict(), None, 0.6, 0.4, 0.4, None, config)
+    none_new = drift_report(_delta(catalog.slice(0, 10), catalog.slice(0, 10)).as_dict(), None, 0.6, 0.4, 0.4, None, config)
     assert none_new.recon_ratio is None and not none_new.drifted
 
 
@@ -74,5 +75,6 @@ def test_new_items_take_the_index_pruning_before_the_gini_is_measured():
     before = distribution_report(apply_removed_tokens(index_codes, 2, removed), sizes, {2: removed})["layers"][1]["gini"]
     after = distribution_report(pruned, sizes, {2: removed})["layers"][1]["gini"]
     assert after > before + 0.15  # the merged layer 2 shows the new pile-up
-    report = drift_report(delta.as_dict(), None, None, before, after, None, DriftConfig(max_new_share=0.5, max_new_layer2_gini=0.25))
+    config = DriftConfig(max_new_share=0.5, max_new_layer2_gini=0.25)
+    report = drift_report(delta.as_dict(), None, None, before, after, None, config)
     assert report.exceeded and report.exceeded[0].startswith("layer2_gini")

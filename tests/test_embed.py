@@ -1,4 +1,5 @@
-"""Text embeddings with the real packaged model on a small subset of the real Beauty catalog."""
+"""Text embeddings with the real packaged model on the synthetic shop's texts (its neighbours on real
+Beauty titles: test_real_datasets.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 
 from rqsid import RqsidError
 from rqsid.embed import TextEmbedder, embed_catalog, read_embeddings, write_embeddings
-from rqsid.importers import import_beauty
 from rqsid.schema import embeddings_schema
+from synthetic_tables import shop
 
 N = 64
 
@@ -21,9 +22,8 @@ def embedder():
 
 
 @pytest.fixture(scope="module")
-def subset(beauty_dir):
-    catalog, _ = import_beauty(beauty_dir)
-    return catalog.slice(0, N)
+def subset():
+    return shop()[0].slice(0, N)
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +66,6 @@ def test_similar_titles_are_closer_than_unrelated(embedder):
     assert sims[0, 1] > sims[0, 2] + 0.1 and sims[0, 1] > sims[1, 2] + 0.1
 
 
-def test_nearest_neighbours_share_the_leaf_category(embedded, subset):
-    X = embedded.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
-    leaf = np.array([c[-1] if c else "" for c in subset.column("categories").to_pylist()])
-    sims = X @ X.T
-    np.fill_diagonal(sims, -np.inf)
-    nearest = sims.argmax(axis=1)
-    has_peer = np.array([(leaf == leaf[i]).sum() > 1 for i in range(N)]) & (leaf != "")
-    agreement = (leaf[nearest] == leaf)[has_peer].mean()
-    assert agreement > 0.5  # the nearest neighbour mostly shares the leaf category
-
-
 def test_parquet_round_trip(tmp_path, embedded):
     ids = np.array(embedded.column("item_id").to_pylist(), dtype=object)
     X = embedded.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, 384)
@@ -109,8 +98,8 @@ def test_missing_model_folder_is_a_user_error(tmp_path):
 def test_embed_command_matches_the_library(tmp_path, subset, embedded, capsys):
     import argparse
 
+    from cli.data import register
     from rqsid.catalog import write_catalog
-    from rqsid.cli_data import register
 
     write_catalog(subset.slice(0, 16), tmp_path / "catalog.parquet")
     parser = argparse.ArgumentParser()

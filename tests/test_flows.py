@@ -1,15 +1,14 @@
-"""The flows against real components: a local Prefect server, a Dask LocalCluster, Great Expectations,
-MLflow on sqlite, on 400 real Scientific items and a small synthetic demo shop.
+"""The flows against real components: the session's Prefect server, a Dask LocalCluster, Great Expectations,
+MLflow on sqlite, on a synthetic shop of 1,100 items (400 on the first day) and the demo catalog.
 
-The tests build on each other in file order (one published index evolves), as nights follow nights:
-publish -> rerun reuses -> next night keeps SIDs stable -> a failing gate publishes nothing ->
-drift starts the retrain deployment -> the nightly chain trains and registers a generator.
+Every test that changes a published index works on a catalog of its own (the catalog's name is its file's
+stem), so the tests pass in any order; they share the version store, so a test's first night costs little
+when another test already embedded and fitted the same items.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,40 +16,51 @@ import pyarrow as pa
 import pytest
 
 from rqsid.catalog import write_catalog
-from rqsid.importers import import_scientific
+from rqsid.config import RqsidConfig
 from rqsid.sids import read_sids
-from tasks.pipeline import GateFailed, registry, store
+from synthetic_tables import shop
+from tasks.common import GateFailed, registry, store
 
-# Small and fast, still the real models: a 3-level RQ-VAE over 64 codes, a short generator run.
-CONFIG = {
+# Small and fast, still the real models: a 3-level RQ-VAE over 64 codes, a short generator run; one torch
+# thread each (a runtime setting, not part of any version id) so that a busy machine does not slow them down.
+CONFIG = RqsidConfig.model_validate({
     "quantizer": {"codebook_size": 64, "epochs": 15, "hidden_dims": [128, 64], "latent_dim": 16, "batch_size": 256,
-                  "warmup_epochs": 2},
+                  "warmup_epochs": 2, "threads": 1},
     "gate": {"max_collision_rate": 0.5},
     "prune": {"max_collision_rate": 0.5},
     "generator": {"epochs": 1, "d_model": 32, "n_heads": 2, "n_layers": 1, "batch_size": 128, "valid_users": 100,
-                  "beam_size": 10, "eval_every": 1, "warmup_steps": 10, "max_train_minutes": 1.0},
+                  "beam_size": 10, "eval_every": 1, "warmup_steps": 10, "max_train_minutes": 1.0, "threads": 1},
     "orchestration": {"dask_workers": 2, "partition_rows": 250},
-}
+})
 STAGES = {"catalog", "embed", "tokenizer", "sids", "publish"}
 
 
-
-
 @pytest.fixture(scope="module")
-def scientific(scientific_dir) -> pa.Table:
-    return import_scientific(scientific_dir)[0]
+def items() -> pa.Table:
+    return shop(n_items=1100, seed=2)[0]
 
 
-def _write(table: pa.Table, folder: Path) -> str:
-    """Every day's file is named sci400.parquet: the catalog name (and so its index) stays the same."""
+def _write(table: pa.Table, folder: Path, name: str) -> str:
+    """A day's catalog file; its stem names the catalog (and so its index registry and MLflow experiment)."""
     folder.mkdir(parents=True, exist_ok=True)
-    return str(write_catalog(table, folder / "sci400.parquet"))
+    return str(write_catalog(table, folder / f"{name}.parquet"))
+
+
+def _first_night(name: str, items: pa.Table, folder: Path) -> dict:
+    """The first 400 items published as catalog `name` (artifacts of equal items are reused from the store)."""
+    from flows.reindex import reindex
+
+    return reindex(catalog=_write(items.slice(0, 400), folder / "day1", name), config=CONFIG)
 
 
 def _retitled(table: pa.Table, rows, suffix: str) -> pa.Table:
     titles = np.array(table.column("title").to_pylist(), dtype=object)
     titles[rows] = [f"{t} {suffix}" for t in titles[rows]]
     return table.set_column(table.schema.get_field_index("title"), "title", pa.array(titles, pa.string()))
+
+
+def _with_id(row: pa.Table, item_id: str) -> pa.Table:
+    return row.set_column(0, row.schema.field("item_id"), pa.array([item_id]))
 
 
 def _runs(run_id: str):
@@ -73,16 +83,15 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def published(prefect_api, scientific, tmp_path_factory):
-    from flows.reindex import reindex
-
-    source = _write(scientific.slice(0, 400), tmp_path_factory.mktemp("day1"))
-    return reindex(catalog=source, config=CONFIG)
+def published(prefect_api, items, tmp_path_factory):
+    """Catalog "shop" after its first night, the shared expensive setup: it embeds the 400 items and fits the
+    tokenizer, which other tests' first nights (under their own catalog names) then reuse from the store."""
+    return _first_night("shop", items, tmp_path_factory.mktemp("shop"))
 
 
 def test_reindex_publishes_a_gated_index_with_artifacts_and_lineage(published):
     index = Path(published["index_path"])
-    assert registry("sci400").current() == published["index_version"] == index.name
+    assert registry("shop").current() == published["index_version"] == index.name
     for name in ("sids.parquet", "codes.parquet", "trie.npz", "report.json", "gates.json", "tokenizer", "manifest.json"):
         assert (index / name).exists(), name
     manifest = json.loads((index / "manifest.json").read_text())
@@ -116,12 +125,13 @@ def test_reindex_publishes_a_gated_index_with_artifacts_and_lineage(published):
         assert prefect.read_flow(run.flow_id).name == "reindex" and run.state.is_completed()
 
 
-def test_a_rerun_reuses_what_is_on_disk(published, scientific, tmp_path):
+def test_a_rerun_reuses_what_is_on_disk(published, items, tmp_path):
     from flows.reindex import reindex
 
-    embeddings = store().path("embeddings", json.loads((Path(published["index_path"]) / "manifest.json").read_text())["versions"]["embeddings"])
+    manifest = json.loads((Path(published["index_path"]) / "manifest.json").read_text())
+    embeddings = store().path("embeddings", manifest["versions"]["embeddings"])
     written = (embeddings / "embeddings.parquet").stat().st_mtime_ns
-    again = reindex(catalog=_write(scientific.slice(0, 400), tmp_path), config=CONFIG)
+    again = reindex(catalog=_write(items.slice(0, 400), tmp_path, "shop"), config=CONFIG)
     assert again["index_version"] == published["index_version"] and again["reused"] and not again["refit"]
     assert (embeddings / "embeddings.parquet").stat().st_mtime_ns == written
     _, _, stages = _runs(again["mlflow_run_id"])
@@ -130,12 +140,13 @@ def test_a_rerun_reuses_what_is_on_disk(published, scientific, tmp_path):
     assert "sids" not in stages  # nothing to rebuild
 
 
-def test_next_night_keeps_the_sids_of_unchanged_items(published, scientific, tmp_path):
+def test_next_night_keeps_the_sids_of_unchanged_items(published, items, tmp_path):
     from flows.reindex import reindex
 
-    previous = read_sids(Path(published["index_path"]) / "sids.parquet")
-    today = pa.concat_tables([_retitled(scientific.slice(0, 400), np.arange(5), "(2026 model)"), scientific.slice(400, 20)])
-    result = reindex(catalog=_write(today, tmp_path), config=CONFIG)
+    first = _first_night("shop-night2", items, tmp_path)
+    previous = read_sids(Path(first["index_path"]) / "sids.parquet")
+    today = pa.concat_tables([_retitled(items.slice(0, 400), np.arange(5), "(2026 model)"), items.slice(400, 20)])
+    result = reindex(catalog=_write(today, tmp_path / "day2", "shop-night2"), config=CONFIG)
     assert not result["refit"] and not result["drift"]["drifted"]
     assert (result["drift"]["n_new"], result["drift"]["n_changed"]) == (20, 5)
     _, _, stages = _runs(result["mlflow_run_id"])
@@ -150,20 +161,21 @@ def test_next_night_keeps_the_sids_of_unchanged_items(published, scientific, tmp
     assert same.mean() > 0.98  # a new item colliding with an old one can only add a dedup token
     changes = result["sid_changes"]
     assert changes["items_in_both"] == 400 and changes["sids_changed"] == 400 - changes["sids_kept"] <= 5 + (~same).sum()
-    assert registry("sci400").current() == result["index_version"]
+    assert registry("shop-night2").current() == result["index_version"]
 
 
-def test_a_gate_that_cannot_pass_publishes_nothing(published, scientific, tmp_path):
+def test_a_gate_that_cannot_pass_publishes_nothing(published, items, tmp_path):
     from flows.reindex import reindex
 
-    reg = registry("sci400")
+    _first_night("shop-gate", items, tmp_path)
+    reg = registry("shop-gate")
     current, versions = reg.current(), reg.versions()
     # an item with another's exact text gets the same codes: collisions that no pruning can remove
-    twin = scientific.slice(7, 1).set_column(0, "item_id", pa.array(["twin-of-7"]))
+    twin = _with_id(items.slice(7, 1), "twin-of-7")
     # and two bad rows for the quarantine: a repeated id and an empty one
-    bad = pa.concat_tables([scientific.slice(3, 1), scientific.slice(9, 1).set_column(0, "item_id", pa.array([""]))])
-    catalog = _write(pa.concat_tables([scientific.slice(0, 400), scientific.slice(400, 20), twin, bad]), tmp_path / "a")
-    impossible = {**CONFIG, "gate": {"max_collision_rate": 0.0}}
+    bad = pa.concat_tables([items.slice(3, 1), _with_id(items.slice(9, 1), "")])
+    catalog = _write(pa.concat_tables([items.slice(0, 400), items.slice(500, 20), twin, bad]), tmp_path / "a", "shop-gate")
+    impossible = CONFIG.model_copy(update={"gate": CONFIG.gate.model_copy(update={"max_collision_rate": 0.0})})
     with pytest.raises(GateFailed, match="distribution gate still fails after pruning.*nothing was published"):
         reindex(catalog=catalog, config=impossible)
     assert reg.current() == current and reg.versions() == versions
@@ -172,7 +184,7 @@ def test_a_gate_that_cannot_pass_publishes_nothing(published, scientific, tmp_pa
     from tasks.tracking import Tracker
 
     client = Tracker().client
-    failed = client.search_runs([client.get_experiment_by_name("sci400").experiment_id],
+    failed = client.search_runs([client.get_experiment_by_name("shop-gate").experiment_id],
                                 "attributes.run_name = 'sids' and attributes.status = 'FAILED'")
     assert failed and "gx/distribution.json" in _artifacts(client, failed[0].info.run_id)
     # resuming after the failure: the stored embeddings are reused, only the gate decision is redone
@@ -186,31 +198,24 @@ def test_a_gate_that_cannot_pass_publishes_nothing(published, scientific, tmp_pa
     assert json.loads((Path(result["index_path"]) / "manifest.json").read_text())["n_items"] == 421
 
 
-def test_drift_starts_a_run_of_the_retrain_deployment(prefect_api, published, scientific, tmp_path):
-    from prefect import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
+def test_drift_starts_a_run_of_the_retrain_deployment(prefect_api, published, items, tmp_path):
     from deployments.nightly import retrain_deployment
     from flows.drift_watch import drift_watch
+    from prefect_runs import runs_for
 
     deployment_id = retrain_deployment(CONFIG).apply()
-    grown = pa.concat_tables([scientific.slice(0, 420), scientific.slice(1000, 60)])  # 60 of 480 items are new
-    result = drift_watch(catalog=_write(grown, tmp_path), config=CONFIG)
+    grown = pa.concat_tables([items.slice(0, 420), items.slice(1000, 60)])  # 60 of 480 items are new
+    result = drift_watch(catalog=_write(grown, tmp_path, "shop"), config=CONFIG)
     assert result["drifted"] and result["exceeded"][0].startswith("new_share") and result["event_id"]
-    with get_client(sync_client=True) as client:
-        deadline = time.monotonic() + 60
-        runs = []
-        while not runs and time.monotonic() < deadline:  # the automation reacts asynchronously
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-            time.sleep(0.2)
-    assert runs, "the drift event did not start the retrain deployment"
-    assert runs[0].parameters["catalog_name"] == "sci400"
-    assert runs[0].parameters["catalog"].endswith("sci400.parquet")
+    assert registry("shop").current() == published["index_version"]  # watching publishes nothing
+    (run,) = runs_for(deployment_id, "shop")
+    assert run.parameters["catalog"].endswith("shop.parquet") and run.state.is_scheduled()
+    assert RqsidConfig.model_validate(run.parameters["config"]) == CONFIG  # the deployment's config, as JSON
 
 
 def test_nightly_chain_trains_and_promotes_only_a_better_generator(prefect_api):
     from flows.nightly import nightly
-    from flows.retrain import RANK_BY, model_name, retrain
+    from flows.retrain import model_name, retrain
     from tasks.tracking import Tracker
 
     first = nightly(catalog=None, config=CONFIG, demo_items=300)
@@ -231,14 +236,14 @@ def test_nightly_chain_trains_and_promotes_only_a_better_generator(prefect_api):
     assert again["reused"] and again["model_version"] == 1
 
     # another config: a new version, champion only if it wins on validation Recall@10 / NDCG@10
-    other = retrain(catalog_name="demo", config={**CONFIG, "generator": {**CONFIG["generator"], "d_model": 16}})
+    narrower = CONFIG.model_copy(update={"generator": CONFIG.generator.model_copy(update={"d_model": 16})})
+    other = retrain(catalog_name="demo", config=narrower)
     assert other["model_version"] == 2
     scores = {v["model_version"]: tuple(v["metrics"]["valid"]["all"][k] for k in ("recall@10", "ndcg@10"))
               for v in (model, other)}
     best = max(scores, key=lambda v: (scores[v], -v))  # ties keep the earlier champion
     assert other["promoted"] == (best == 2)
     assert tracker.champion(model_name("demo"))[0] == best
-    assert RANK_BY == ("valid.all.recall_at_10", "valid.all.ndcg_at_10")
 
 
 def test_retrain_without_a_published_index_is_a_clear_error(prefect_api):
@@ -249,18 +254,15 @@ def test_retrain_without_a_published_index_is_a_clear_error(prefect_api):
         retrain(catalog_name="nowhere", config=CONFIG)
 
 
-def test_demo_profile_fills_only_what_the_config_file_and_set_leave_open(tmp_path):
-    import argparse
+def test_a_generator_beats_the_champion_on_validation_recall_then_ndcg():
+    from flows.retrain import beats
 
-    from flows.commands import DEMO_PROFILE, resolve
+    def scores(recall, ndcg):
+        return {"valid.all.recall_at_10": recall, "valid.all.ndcg_at_10": ndcg, "test.all.recall_at_10": 0.9}
 
-    config_file = tmp_path / "shop.toml"
-    config_file.write_text("[generator]\nepochs = 7\n")
-    args = argparse.Namespace(config=str(config_file), overrides=["generator.max_train_minutes=3"])
-    demo = resolve(args, demo=True)
-    assert demo.generator.epochs == 7  # the file wins
-    assert demo.generator.max_train_minutes == 3  # --set wins
-    assert demo.quantizer.epochs == DEMO_PROFILE["quantizer.epochs"]  # the profile fills the rest
-    assert demo.generator.valid_users == DEMO_PROFILE["generator.valid_users"]
-    real = resolve(args, demo=False)  # a real catalog gets the plain defaults
-    assert real.quantizer.epochs == type(real.quantizer)().epochs and real.generator.epochs == 7
+    assert beats(scores(0.2, 0.1), None)  # no champion yet
+    assert beats(scores(0.2, 0.1), scores(0.1, 0.3))  # recall decides first
+    assert beats(scores(0.2, 0.2), scores(0.2, 0.1))  # then NDCG
+    assert not beats(scores(0.2, 0.1), scores(0.2, 0.1))  # a tie keeps the champion
+    assert not beats(scores(0.1, 0.9), scores(0.2, 0.0))
+    assert beats(scores(0.1, 0.1), {"test.all.recall_at_10": 0.9})  # a champion without validation figures loses

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,7 +13,17 @@ from rqsid.generator.beam import beam_search, sid_log_probs
 from rqsid.generator.data import SidVocab
 from rqsid.generator.model import GenerativeRetriever
 from rqsid.generator.train import build_trie
+from rqsid.quantize.base import torch_threads
 from rqsid.sids import assign_sids
+from synthetic_tables import sid_table
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread: these are many tiny forward passes, which a second thread only slows down (restored after)."""
+    with torch_threads(1):
+        yield
+
 
 TINY = GeneratorConfig(d_model=16, n_heads=2, n_layers=1, max_history=4, user_buckets=1, dropout=0.0)
 
@@ -91,10 +102,8 @@ def test_beam_as_wide_as_the_catalog_is_exhaustive_and_exact(seed, prune_share):
         assert items[b][0] == int(np.argmax(exact))
 
 
-def test_narrow_beam_scores_equal_exact_sid_log_probs_on_reference_sids(beauty_dir):
-    from rqsid.sids import load_reference_index
-
-    table = load_reference_index(beauty_dir / "reference-sids" / "rqvae.index.json", id_offset=1)
+def test_narrow_beam_scores_equal_exact_sid_log_probs_on_realistic_sids():
+    table = sid_table(exponents=(0.9, 1.4, 0.3, 0.3))  # Beauty's size: 12,000 items, 4 levels of 256 codes
     vocab = SidVocab.from_sid_table(table)
     trie = build_trie(vocab)
     model = random_model(vocab, 0)

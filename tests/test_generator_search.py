@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from rqsid.config import GeneratorConfig
 from rqsid.embed import TextEmbedder
 from rqsid.generator.data import SidVocab, derive_queries, embed_queries, sequences_from_interactions
 from rqsid.generator.train import evaluate_split, train_generator
+from rqsid.quantize.base import torch_threads
 from rqsid.schema import CATALOG_SCHEMA, INTERACTIONS_SCHEMA
 from rqsid.sids import assign_sids
 
@@ -50,6 +50,13 @@ CFG = GeneratorConfig(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread while this module trains and ranks; torch's setting is process-wide, so it is restored."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def search_data():
     table, catalog, inter = catalog_and_random_histories()
@@ -67,7 +74,6 @@ def test_queries_are_embedded_once_per_distinct_text(search_data):
 
 def test_query_conditioning_finds_what_history_cannot(search_data):
     vocab, seqs = search_data
-    torch.set_num_threads(1)
     quiet = {"progress": False, "log": lambda _: None}
     with_query = train_generator(seqs, vocab, CFG.model_copy(update={"use_query": True}), **quiet)
     without = train_generator(seqs, vocab, CFG, **quiet)

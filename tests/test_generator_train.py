@@ -11,11 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import cli.generator as cli
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig
-from rqsid.generator import cli
 from rqsid.generator.data import SidVocab, sequences_from_interactions
 from rqsid.generator.train import evaluate_split, load_generator, train_generator
+from rqsid.quantize.base import torch_threads
 from rqsid.schema import INTERACTIONS_SCHEMA
 from rqsid.sids import assign_sids, write_sids
 
@@ -60,6 +61,13 @@ CFG = GeneratorConfig(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread while this module trains and ranks; torch's setting is process-wide, so it is restored."""
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="module")
 def data():
     table, inter, _ = synthetic()
@@ -71,7 +79,6 @@ def data():
 def trained(data, tmp_path_factory):
     _, _, vocab, seqs = data
     out = tmp_path_factory.mktemp("gen")
-    torch.set_num_threads(1)
     return train_generator(seqs, vocab, CFG, out_dir=out, progress=False, log=lambda _: None), out
 
 
@@ -92,7 +99,7 @@ def test_same_seed_same_model_and_rankings(data, trained):
     cfg = CFG.model_copy(update={"epochs": 3})
     a = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
     b = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
-    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     np.testing.assert_array_equal(evaluate_split(a, seqs, "test")[1], evaluate_split(b, seqs, "test")[1])
@@ -120,7 +127,8 @@ def test_cli_train_then_evaluate(data, tmp_path, capsys):
     cli.register(parser.add_subparsers())
     overrides = [f"generator.{k}={json.dumps(v)}" for k, v in CFG.model_dump().items()]
     args = parser.parse_args(["train", "--interactions", str(interactions), "--sids", str(sids), "--out", str(out),
-                              "--unpruned-sids", str(unpruned), "--no-progress", *sum((["--set", o] for o in overrides), []), "--set", "generator.epochs=3"])
+                              "--unpruned-sids", str(unpruned), "--no-progress", *sum((["--set", o] for o in overrides), []),
+                              "--set", "generator.epochs=3"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "| generator | all | 400 |" in printed and "| generator | head |" in printed

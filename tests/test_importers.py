@@ -13,80 +13,21 @@ import pytest
 from rqsid import RqsidError
 from rqsid.catalog import validate_catalog
 from rqsid.importers import (
-    detect_kind,
-    import_beauty,
     import_dataset,
     import_interactions_table,
-    import_scientific,
     import_table,
     replaced_utf8_ids,
     split_beauty_attributes,
 )
 
 
-@pytest.fixture(scope="module")
-def beauty(beauty_dir):
-    return import_beauty(beauty_dir)
-
-
 def _n_users(inter: pa.Table) -> int:
     return len(inter.column("user_id").unique())
-
-
-def test_beauty_counts_match_the_data_readme(beauty):
-    catalog, inter = beauty
-    assert catalog.num_rows == 12101 and inter.num_rows == 198502 and _n_users(inter) == 22363
-    ids = catalog.column("item_id").to_pylist()
-    assert ids[0] == "1" and ids[-1] == "12101" and len(set(ids)) == 12101
-    assert set(inter.column("item_id").to_pylist()) <= set(ids)
-    lengths = pc.value_counts(inter.column("user_id")).field("counts").to_numpy()
-    assert lengths.min() >= 5 and abs(lengths.mean() - 8.88) < 0.01
-
-
-def test_beauty_sequences_keep_file_order(beauty, beauty_dir):
-    _, inter = beauty
-    first = (beauty_dir / "sequential_data.txt").read_text().splitlines()[1].split()
-    rows = inter.filter(pc.equal(inter.column("user_id"), first[0]))
-    assert rows.column("item_id").to_pylist() == first[1:]
-    assert rows.column("seq").to_pylist() == list(range(len(first) - 1))
-
-
-def test_beauty_brand_and_categories_are_separated(beauty):
-    catalog, _ = beauty
-    first = catalog.slice(0, 4).to_pylist()
-    assert first[0]["brand"] == "OPI" and first[0]["categories"] == ["Makeup", "Nails", "Nail Polish"]
-    assert first[2]["brand"] is None  # "Unknown" is not a brand
-    assert first[2]["categories"] == ["Skin Care", "Face", "Creams & Moisturizers"]
-    assert first[3]["brand"] is None and first[3]["categories"][0] == "Makeup"  # no brand in the list
-    roots = set(c[0] for c in catalog.column("categories").to_pylist() if c)
-    assert {"Skin Care", "Hair Care", "Makeup", "Fragrance"} <= roots
-    brands = catalog.column("brand").to_pylist()
-    assert "L'Oreal Paris" in brands and not any(b and "&#39;" in b for b in brands)  # entities decoded
-    assert not roots & set(brands)
 
 
 def test_split_attributes_recognises_brands_from_positions():
     out = split_beauty_attributes([["Acme", "Makeup", "Lips"], ["Makeup", "Eyes"], ["Lips"], ["Unknown", "Makeup"]])
     assert out == [("Acme", ["Makeup", "Lips"]), (None, ["Makeup", "Eyes"]), (None, ["Lips"]), (None, ["Makeup"])]
-
-
-def test_scientific_counts_and_category_paths(scientific_dir):
-    catalog, inter = import_scientific(scientific_dir)
-    assert catalog.num_rows == 4344 and inter.num_rows == 58492 and _n_users(inter) == 8317
-    assert catalog.column("item_id").to_pylist()[:3] == ["0", "1", "2"]
-    row = catalog.slice(0, 1).to_pylist()[0]
-    assert row["categories"] == ["Industrial & Scientific", "Industrial Electrical", "Passive Components", "Capacitors"]
-    assert row["brand"] == "Sealed Unit Parts Co., Inc."
-    first_user = json.loads((scientific_dir / "Scientific.inter.json").read_text())["0"]
-    assert inter.slice(0, len(first_user)).column("item_id").to_pylist() == [str(i) for i in first_user]
-
-
-def test_import_dataset_detects_the_format(beauty_dir, scientific_dir, tmp_path):
-    assert detect_kind(beauty_dir) == "beauty" and detect_kind(scientific_dir) == "scientific"
-    with pytest.raises(RqsidError, match="no known dataset"):
-        detect_kind(tmp_path)
-    with pytest.raises(RqsidError, match="does not exist"):
-        import_dataset(tmp_path / "nope")
 
 
 def test_plain_csv_with_common_column_names(tmp_path):
@@ -146,8 +87,8 @@ def test_folder_of_tables_with_interactions_ordered_by_time(tmp_path):
 def test_import_command_writes_tables_and_quarantine(tmp_path, capsys):
     import argparse
 
+    from cli.data import register
     from rqsid.catalog import read_catalog, read_interactions
-    from rqsid.cli_data import register
 
     source = tmp_path / "src"
     source.mkdir()

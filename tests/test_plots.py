@@ -1,4 +1,4 @@
-"""Plots of real distribution reports (reference SIDs of the Scientific catalog, raw and pruned)."""
+"""Plots of distribution reports of SIDs with an hourglass, raw and pruned."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from rqsid.plots import (
     token_frequency_figure,
 )
 from rqsid.prune import drop_layer, prune_top_k
-from rqsid.sids import load_reference_index
+from synthetic_tables import sid_table
 
 
 @pytest.fixture(scope="module")
-def reports(scientific_dir) -> dict:
-    table = load_reference_index(scientific_dir / "reference-sids" / "rqvae.index.json")
+def reports() -> dict:
+    table = sid_table(n=4000, exponents=(0.6, 1.2, 0.4, 0.3))  # 4 levels, as the Scientific reference SIDs
     return {
         "raw": table_report(table),
         "top-16 pruned": table_report(prune_top_k(table, 16)),
@@ -52,7 +52,7 @@ def test_token_frequencies_one_panel_per_layer(reports, tmp_path):
     raw = reports["raw"]
     figure = token_frequency_figure(raw, "Scientific")
     assert len(figure.axes) == len(raw["layers"])
-    for ax, layer in zip(figure.axes, raw["layers"]):
+    for ax, layer in zip(figure.axes, raw["layers"], strict=True):
         assert ax.get_yscale() == "log"
         assert f"Gini {layer['gini']:.3f}" in ax.get_title()
         steps = ax.lines[0].get_ydata()
@@ -75,7 +75,7 @@ def test_dropped_layer_is_labelled_not_plotted(reports, tmp_path):
 def test_lorenz_legend_carries_each_gini(reports, tmp_path):
     raw = reports["raw"]
     legend = [t.get_text() for t in lorenz_figure(raw).axes[0].get_legend().get_texts()]
-    assert legend == ["equality"] + [f"layer {l['level']} (Gini {l['gini']:.3f})" for l in raw["layers"]]
+    assert legend == ["equality"] + [f"layer {layer['level']} (Gini {layer['gini']:.3f})" for layer in raw["layers"]]
     _png(plot_lorenz(raw, tmp_path / "lorenz.png", "Scientific"))
 
 

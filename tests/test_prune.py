@@ -1,4 +1,5 @@
-"""Pruning: top-K removal, dropping a layer, the K sweep against brute force, and real SIDs through the trie."""
+"""Pruning: top-K removal, dropping a layer, the K sweep against brute force, SIDs through the trie (on
+synthetic SIDs shaped like residual k-means on Beauty; the real reference SIDs: test_real_sids.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,15 @@ import pytest
 from rqsid import RqsidError
 from rqsid.metrics import table_report
 from rqsid.prune import auto_prune, choose_k, collision_rate_by_k, drop_layer, prune_top_k, retained_gini_by_k, token_ranking
-from rqsid.sids import assign_sids, collision_rate, load_reference_index
+from rqsid.sids import assign_sids, collision_rate
 from rqsid.trie import SidTrie
+from synthetic_tables import healthy_table, sid_table
 
 
 @pytest.fixture(scope="module")
-def beauty_rkmeans(beauty_dir):
-    table = load_reference_index(beauty_dir / "reference-sids" / "rkmeans.index.json", id_offset=1)
-    return assign_sids(table.item_ids, table.codes[:, :3], table.level_sizes[:3])  # 3 levels, like ours
+def hourglass():
+    """12,000 items, 3 levels of 256 codes, layer-2 Gini about 0.89 (layers 1 and 3: 0.62, 0.20)."""
+    return sid_table()
 
 
 def _skewed_table(seed: int, n: int = 80, size: int = 10):
@@ -30,23 +32,23 @@ def _assert_unique_and_round_trips(table):
     assert np.array_equal(trie.lookup(tokens), np.arange(len(table)))
 
 
-def test_prune_top_k_removes_exactly_the_most_frequent_tokens(beauty_rkmeans):
-    counts = np.bincount(beauty_rkmeans.codes[:, 1], minlength=256)
-    pruned = prune_top_k(beauty_rkmeans, 10)
+def test_prune_top_k_removes_exactly_the_most_frequent_tokens(hourglass):
+    counts = np.bincount(hourglass.codes[:, 1], minlength=256)
+    pruned = prune_top_k(hourglass, 10)
     removed = pruned.pruning["removed"]["2"]
     assert len(removed) == 10 and min(counts[removed]) >= np.sort(counts)[-10]
-    lost = np.isin(beauty_rkmeans.codes[:, 1], removed)
-    assert (pruned.codes[lost, 1] == -1).all() and np.array_equal(pruned.codes[~lost], beauty_rkmeans.codes[~lost])
-    assert np.array_equal(pruned.codes[:, [0, 2]], beauty_rkmeans.codes[:, [0, 2]])
-    _assert_unique_and_round_trips(beauty_rkmeans)
+    lost = np.isin(hourglass.codes[:, 1], removed)
+    assert (pruned.codes[lost, 1] == -1).all() and np.array_equal(pruned.codes[~lost], hourglass.codes[~lost])
+    assert np.array_equal(pruned.codes[:, [0, 2]], hourglass.codes[:, [0, 2]])
+    _assert_unique_and_round_trips(hourglass)
     _assert_unique_and_round_trips(pruned)
 
 
-def test_drop_layer_removes_the_level_everywhere_and_stays_decodable(beauty_rkmeans):
-    dropped = drop_layer(beauty_rkmeans, level=2)
+def test_drop_layer_removes_the_level_everywhere_and_stays_decodable(hourglass):
+    dropped = drop_layer(hourglass, level=2)
     assert (dropped.codes[:, 1] == -1).all() and dropped.pruning["method"] == "drop_layer"
     assert table_report(dropped)["layers"][1]["n_items"] == 0
-    assert dropped.dedup_size > beauty_rkmeans.dedup_size
+    assert dropped.dedup_size > hourglass.dedup_size
     _assert_unique_and_round_trips(dropped)
 
 
@@ -67,7 +69,8 @@ def test_sweeps_equal_pruning_each_k(seed):
 
 
 # cases chosen so that K = 0, an interior K, K = all tokens and the drop fallback each occur
-@pytest.mark.parametrize("threshold,bound,expected_k", [(0.6, 0.0, 0), (0.45, 0.5, 1), (0.42, 0.8, 4), (0.3, 0.95, 9), (0.3, 0.8, 10)])
+@pytest.mark.parametrize("threshold,bound,expected_k",
+                         [(0.6, 0.0, 0), (0.45, 0.5, 1), (0.42, 0.8, 4), (0.3, 0.95, 9), (0.3, 0.8, 10)])
 def test_choose_k_is_the_smallest_passing_k(threshold, bound, expected_k):
     table = _skewed_table(11)
     result = choose_k(table, threshold, bound)
@@ -88,49 +91,48 @@ def test_choose_k_is_the_smallest_passing_k(threshold, bound, expected_k):
     _assert_unique_and_round_trips(result.table)
 
 
-def test_healthy_layer_is_left_alone_and_unreachable_bound_drops(beauty_dir, beauty_rkmeans):
-    rqvae = load_reference_index(beauty_dir / "reference-sids" / "rqvae.index.json", id_offset=1)
-    kept = choose_k(rqvae, gini_threshold=0.5, max_collision_rate=0.0)
-    assert kept.k == 0 and kept.table is rqvae and not kept.dropped
-    result = choose_k(beauty_rkmeans, gini_threshold=0.5, max_collision_rate=1.0)
+def test_healthy_layer_is_left_alone_and_unreachable_bound_drops(hourglass):
+    healthy = healthy_table()
+    kept = choose_k(healthy, gini_threshold=0.5, max_collision_rate=0.0)
+    assert kept.k == 0 and kept.table is healthy and not kept.dropped
+    result = choose_k(hourglass, gini_threshold=0.5, max_collision_rate=1.0)
     assert 0 < result.k < 256 and result.report["layers"][1]["gini"] <= 0.5
     assert result.trace[result.k - 1]["gini"] > 0.5
-    dropped = choose_k(beauty_rkmeans, gini_threshold=0.5, max_collision_rate=0.3)
+    dropped = choose_k(hourglass, gini_threshold=0.5, max_collision_rate=0.3)
     assert dropped.dropped and dropped.table.pruning["method"] == "drop_layer"
     _assert_unique_and_round_trips(result.table)
 
 
-def test_refuses_bad_level_k_and_double_pruning(beauty_rkmeans):
-    with pytest.raises(RqsidError, match="level 5"):
-        prune_top_k(beauty_rkmeans, 3, level=5)
-    with pytest.raises(RqsidError, match="k=300"):
-        prune_top_k(beauty_rkmeans, 300)
-    with pytest.raises(RqsidError, match="already pruned"):
-        choose_k(prune_top_k(beauty_rkmeans, 3), 0.5, 0.5)
-
-
-def test_collision_rate_never_falls_as_k_grows(beauty_rkmeans, scientific_dir):
+def test_collision_rate_never_falls_as_k_grows(hourglass):
     # choose_k relies on this: removing tokens only merges paths
-    sci = load_reference_index(scientific_dir / "reference-sids" / "rqvae.index.json")
-    for table in (beauty_rkmeans, sci):
+    for table in (hourglass, healthy_table(levels=4)):
         collisions = collision_rate_by_k(table.codes, 1, 256)
         assert (np.diff(collisions) >= 0).all() and collisions[0] == pytest.approx(collision_rate(table.codes))
 
 
-def test_auto_prune_follows_the_config(beauty_rkmeans):
+def test_refuses_bad_level_k_and_double_pruning(hourglass):
+    with pytest.raises(RqsidError, match="level 5"):
+        prune_top_k(hourglass, 3, level=5)
+    with pytest.raises(RqsidError, match="k=300"):
+        prune_top_k(hourglass, 300)
+    with pytest.raises(RqsidError, match="already pruned"):
+        choose_k(prune_top_k(hourglass, 3), 0.5, 0.5)
+
+
+def test_auto_prune_follows_the_config(hourglass):
     from rqsid.config import PruneConfig
 
     config = PruneConfig(gini_threshold=0.65, max_collision_rate=0.6, max_k=100)
-    result = auto_prune(beauty_rkmeans, config)
+    result = auto_prune(hourglass, config)
     brute = next(k for k in range(101) if result.trace[k]["gini"] <= 0.65 and result.trace[k]["collision_rate"] <= 0.6)
     assert result.k == brute and len(result.trace) == 101
-    assert 0 < result.k and result.report["layers"][1]["gini"] <= 0.65 and result.report["collision_rate"] <= 0.6
+    assert result.k > 0 and result.report["layers"][1]["gini"] <= 0.65 and result.report["collision_rate"] <= 0.6
     with pytest.raises(RqsidError, match="prune.level=4"):
-        auto_prune(beauty_rkmeans, PruneConfig(level=4))
+        auto_prune(hourglass, PruneConfig(level=4))
 
 
-def test_keep_fallback_returns_the_unpruned_table(beauty_rkmeans):
-    kept = choose_k(beauty_rkmeans, gini_threshold=0.5, max_collision_rate=0.3, fallback="keep")
-    assert kept.table is beauty_rkmeans and kept.k == 0 and not kept.met_bounds and not kept.dropped
-    dropped = choose_k(beauty_rkmeans, gini_threshold=0.5, max_collision_rate=0.3)
+def test_keep_fallback_returns_the_unpruned_table(hourglass):
+    kept = choose_k(hourglass, gini_threshold=0.5, max_collision_rate=0.3, fallback="keep")
+    assert kept.table is hourglass and kept.k == 0 and not kept.met_bounds and not kept.dropped
+    dropped = choose_k(hourglass, gini_threshold=0.5, max_collision_rate=0.3)
     assert not dropped.met_bounds and dropped.report["collision_rate"] > kept.report["collision_rate"]

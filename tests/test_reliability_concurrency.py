@@ -50,9 +50,9 @@ def home_root(tmp_path):
 def test_second_run_is_refused_naming_the_holder(home_root):
     holder = Holder(home_root, "shop")
     try:
-        with pytest.raises(RqsidError, match=rf"another re-index of catalog shop is running \(pid {holder.process.pid}, since 20"):
-            with catalog_lock(home_root, "shop"):
-                pass
+        running = rf"another re-index of catalog shop is running \(pid {holder.process.pid}, since 20"
+        with pytest.raises(RqsidError, match=running), catalog_lock(home_root, "shop"):
+            pass
         with catalog_lock(home_root, "other-shop"):  # other catalogs are not blocked
             pass
     finally:
@@ -64,9 +64,8 @@ def test_second_run_is_refused_naming_the_holder(home_root):
 def test_bounded_wait_then_refuses(home_root):
     holder = Holder(home_root, "shop")
     try:
-        with pytest.raises(RqsidError, match=r"\(waited 0.3 s\)"):
-            with catalog_lock(home_root, "shop", wait_s=0.3):
-                pass
+        with pytest.raises(RqsidError, match=r"\(waited 0.3 s\)"), catalog_lock(home_root, "shop", wait_s=0.3):
+            pass
     finally:
         holder.release()
     with catalog_lock(home_root, "shop", wait_s=30):
@@ -91,30 +90,24 @@ def test_lock_is_reentrant_in_one_process(home_root):
         pass
 
 
-def test_reindex_flow_refused_while_another_runs(tmp_path):
-    """The real `rqsid reindex` (a CLI process) against a Prefect server, while another process holds the lock."""
-    from pathlib import Path
-
+def test_reindex_flow_refused_while_another_runs(tmp_path, prefect_api):
+    """The real `rqsid reindex` (a CLI process) against the Prefect server, while another process holds the lock."""
     import pyarrow.parquet as pq
 
+    from cli_runner import run_process
     from rqsid.synthetic import make_demo_catalog
     from rqsid.versioning import IndexRegistry
-    from tasks.services import free_port, start_prefect_server
 
     catalog, _ = make_demo_catalog(n_items=200, seed=0)
     path = tmp_path / "shop.parquet"
     pq.write_table(catalog, path)
     home = tmp_path / "home"
-    env = {**os.environ, **ProjectHome(home).environment()}
-    server = start_prefect_server(ProjectHome(tmp_path / "prefect-home"), free_port(), timeout_s=150)
+    env = {**os.environ, **ProjectHome(home).environment(), "PREFECT_API_URL": prefect_api}
     holder = Holder(home, "shop")
     try:
-        done = subprocess.run([sys.executable, "-m", "flows.cli", "reindex", "--catalog", str(path), "--set",
-                               "quantizer.epochs=2"], env={**env, "PREFECT_API_URL": server.api_url},
-                              capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+        done = run_process("reindex", "--catalog", path, "--set", "quantizer.epochs=2", env=env)
     finally:
         holder.release()
-        server.stop()
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"error: another re-index of catalog shop is running (pid {holder.process.pid}" in done.stderr
     assert "Traceback" not in done.stderr

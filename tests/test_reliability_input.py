@@ -1,12 +1,10 @@
-"""Bad input through the real `rqsid` CLI (in-process `flows.cli.main`): each case either exits 2 with one
+"""Bad input through the real `rqsid` CLI (in-process `cli.main.main`): each case either exits 2 with one
 `error: ...` line naming the problem and the rows, or is accepted with the bad rows quarantined and counted;
 never a traceback, never a silent loss."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main
+from cli.main import main
+from cli_runner import run_process
 from rqsid.catalog import item_text, read_catalog
 from rqsid.config import QuantizerConfig
 from rqsid.embed import write_embeddings
@@ -80,21 +79,26 @@ ERROR_CASES = [
     ("no id column", lambda t, f: ["import", str(t / "no_id.parquet"), "--out", str(t / "o")], ["no item_id column"]),
     ("single item", lambda t, f: ["fit", "--embeddings", _embeddings(t / "one.parquet", 1), "--out", str(t / "o")] + TINY,
      ["1 items but codebook_size=8"]),
-    ("fewer items than codes", lambda t, f: ["sids", "--embeddings", _embeddings(t / "five.parquet", 5), "--out", str(t / "o")] + TINY,
+    ("fewer items than codes",
+     lambda t, f: ["sids", "--embeddings", _embeddings(t / "five.parquet", 5), "--out", str(t / "o")] + TINY,
      ["5 items but codebook_size=8"]),
-    ("NaN / inf embeddings", lambda t, f: ["fit", "--embeddings", _embeddings(t / "nan.parquet", 50, poison={(3, 2): np.nan, (7, 0): np.inf}),
-                                           "--out", str(t / "o")] + TINY, ["NaN or inf", "rows 3, 7"]),
+    ("NaN / inf embeddings",
+     lambda t, f: ["fit", "--embeddings", _embeddings(t / "nan.parquet", 50, poison={(3, 2): np.nan, (7, 0): np.inf}),
+                   "--out", str(t / "o")] + TINY, ["NaN or inf", "rows 3, 7"]),
     ("wrong embedding dimension", lambda t, f: ["sids", "--embeddings", _embeddings(t / "d8.parquet", 300, d=8),
                                                 "--tokenizer", f["tokenizer"], "--out", str(t / "o")] + TINY,
      ["8 dims", "fit on 16"]),
     ("codebook_size=0", lambda t, f: ["fit", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
-                                      "--set", "quantizer.codebook_size=0"], ["quantizer.codebook_size", "greater than or equal to 2"]),
+                                      "--set", "quantizer.codebook_size=0"],
+     ["quantizer.codebook_size", "greater than or equal to 2"]),
     ("gini_threshold=1.5", lambda t, f: ["sids", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
-                                         "--set", "prune.gini_threshold=1.5"], ["prune.gini_threshold", "less than or equal to 1"]),
+                                         "--set", "prune.gini_threshold=1.5"],
+     ["prune.gini_threshold", "less than or equal to 1"]),
     ("unknown config key", lambda t, f: ["fit", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
                                          "--set", "nosuch=1"], ["nosuch"]),
-    ("interactions with unknown items", lambda t, f: ["train", "--interactions", _interactions(t / "i.parquet", 40, 4, unknown_at=6),
-                                                      "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
+    ("interactions with unknown items",
+     lambda t, f: ["train", "--interactions", _interactions(t / "i.parquet", 40, 4, unknown_at=6),
+                   "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
      ["1 interactions name items without a SID", "rows [6]", "NO-SUCH-ITEM"]),
     ("users with one interaction", lambda t, f: ["train", "--interactions", _interactions(t / "i1.parquet", 40, 1),
                                                  "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
@@ -148,7 +152,7 @@ def test_non_utf8_bytes_are_replaced_and_named(tmp_path, capsys):
     source.write_bytes(b'{"item_id": "1", "title": "fine"}\n{"item_id": "2", "title": "bad \xff\xfe bytes"}\n')
     out, folder = _import(tmp_path, str(source), capsys)
     assert "warning: 1 items had bytes that are not UTF-8 (replaced): 2" in out
-    titles = dict(zip(*read_catalog(folder / "catalog.parquet").select(["item_id", "title"]).to_pydict().values()))
+    titles = dict(zip(*read_catalog(folder / "catalog.parquet").select(["item_id", "title"]).to_pydict().values(), strict=True))
     assert titles["1"] == "fine" and titles["2"].startswith("bad ") and titles["2"].endswith(" bytes")
 
 
@@ -191,8 +195,7 @@ def test_refused_service_is_one_error_line(setting, name):
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     # a real CLI process: Prefect's log handlers must not bind to this test's captured stderr
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "reindex", "--set", setting.format(port=port)],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    done = run_process("reindex", "--set", setting.format(port=port), timeout=120)
     rc, err = done.returncode, done.stderr
     assert rc == 2 and "Traceback" not in err, err
     assert err.startswith(f"error: {name}=") and ("does not answer" in err or "no scheduler answers" in err)
@@ -204,9 +207,9 @@ def test_silent_service_times_out(setting, name):
     import socket
     import time
 
-    from flows.commands import preflight
     from rqsid import RqsidError
     from rqsid.config import load_config, parse_override
+    from tasks.services import preflight
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))

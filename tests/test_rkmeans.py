@@ -6,15 +6,16 @@ import json
 
 import numpy as np
 import pytest
+from test_rqvae import skewed_embeddings
 
 from rqsid import RqsidError
 from rqsid.config import QuantizerConfig
 from rqsid.quantize import RQVAE, ResidualKMeans, load_tokenizer, make_tokenizer
-from test_rqvae import skewed_embeddings
 
 
 def rk_config(**overrides) -> QuantizerConfig:
-    return QuantizerConfig(**{**dict(method="rkmeans", levels=3, codebook_size=32, kmeans_iters=25, seed=0, threads=1), **overrides})
+    base = dict(method="rkmeans", levels=3, codebook_size=32, kmeans_iters=25, seed=0, threads=1)
+    return QuantizerConfig(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")

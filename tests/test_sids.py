@@ -1,4 +1,4 @@
-"""SidTable: dedup, token ids, parquet round trip, and the public reference indexes."""
+"""SidTable: dedup, token ids, parquet round trip, reference-index parsing (the real files: test_real_sids.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from rqsid import RqsidError
-from rqsid.sids import assign_sids, collision_rate, dedup_tokens, load_reference_index, load_sids, read_sids, write_sids
+from rqsid.sids import assign_sids, dedup_tokens, load_reference_index, load_sids, read_sids, write_sids
+from synthetic_tables import sid_table
 
 
 def test_dedup_numbers_colliding_items_in_item_order():
@@ -33,27 +34,11 @@ def test_assign_sids_rejects_bad_input():
         assign_sids(["a", "b"], np.array([[0, 1], [0, 2]]), [4, 4, 4])
 
 
-@pytest.fixture(scope="module")
-def beauty_rqvae(beauty_dir):
-    return load_reference_index(beauty_dir / "reference-sids" / "rqvae.index.json", id_offset=1)
-
-
-def test_reference_index_keeps_levels_and_maps_beauty_ids(beauty_dir, beauty_rqvae):
-    raw = json.loads((beauty_dir / "reference-sids" / "rqvae.index.json").read_text())
-    assert len(beauty_rqvae) == 12101 and beauty_rqvae.level_sizes == (256, 256, 256, 256)
-    assert beauty_rqvae.item_ids[0] == "1" and beauty_rqvae.item_ids[-1] == "12101"
-    first = [int(tok.split("_")[1].rstrip(">")) for tok in raw["0"]]
-    assert beauty_rqvae.codes[0].tolist() == first
-    # after our dedup every SID is unique, although the reference's 4 levels still collide
-    assert collision_rate(beauty_rqvae.codes) > 0
-    keys = {tuple(row[row >= 0]) for row in beauty_rqvae.token_matrix()}
-    assert len(keys) == len(beauty_rqvae)
-
-
-def test_parquet_round_trip_keeps_nulls_and_metadata(tmp_path, beauty_rqvae):
-    codes = beauty_rqvae.codes.copy()
+def test_parquet_round_trip_keeps_nulls_and_metadata(tmp_path):
+    table = sid_table(n=3000, exponents=(0.9, 1.4, 0.3, 0.3))
+    codes = table.codes.copy()
     codes[::3, 1] = -1
-    pruned = beauty_rqvae.with_codes(codes, {"method": "top_k", "k": 3, "removed": {"2": [1, 2, 3]}})
+    pruned = table.with_codes(codes, {"method": "top_k", "k": 3, "removed": {"2": [1, 2, 3]}})
     path = write_sids(tmp_path / "sids.parquet", pruned)
     back = read_sids(path)
     assert back.item_ids.tolist() == pruned.item_ids.tolist()

@@ -39,11 +39,11 @@ def test_three_level_categories_and_brands_per_category(demo):
     assert all(len(p) == 3 for p in paths)
     brands = catalog.column("brand").to_pylist()
     tops_of_brand: dict[str, set] = {}
-    for brand, path in zip(brands, paths):
+    for brand, path in zip(brands, paths, strict=True):
         tops_of_brand.setdefault(brand, set()).add(path[0])
     assert all(len(tops) == 1 for tops in tops_of_brand.values())  # a brand sells in one top category
     titles = catalog.column("title").to_pylist()
-    assert all(path[2] in title and brand in title for title, path, brand in zip(titles, paths, brands))
+    assert all(path[2] in title and brand in title for title, path, brand in zip(titles, paths, brands, strict=True))
 
 
 def test_popularity_is_zipf_like(demo):
@@ -63,8 +63,9 @@ def test_histories_are_long_enough_and_stay_in_few_categories(demo):
     catalog, inter = demo
     lengths = pc.value_counts(inter.column("user_id")).field("counts").to_numpy()
     assert lengths.min() >= 5 and 6 < lengths.mean() < 12
-    leaf_of = dict(zip(catalog.column("item_id").to_pylist(), (p[2] for p in catalog.column("categories").to_pylist())))
-    top_of = dict(zip(catalog.column("item_id").to_pylist(), (p[0] for p in catalog.column("categories").to_pylist())))
+    ids, paths = catalog.column("item_id").to_pylist(), catalog.column("categories").to_pylist()
+    leaf_of = {item: path[2] for item, path in zip(ids, paths, strict=True)}
+    top_of = {item: path[0] for item, path in zip(ids, paths, strict=True)}
     users = inter.column("user_id").to_numpy(zero_copy_only=False)
     leaves = np.array([leaf_of[i] for i in inter.column("item_id").to_pylist()])
     tops = np.array([top_of[i] for i in inter.column("item_id").to_pylist()])
@@ -95,8 +96,8 @@ def test_sizes_are_honoured_and_bad_sizes_rejected():
 def test_demo_catalog_command_writes_canonical_tables(tmp_path, capsys):
     import argparse
 
+    from cli.data import register
     from rqsid.catalog import read_interactions
-    from rqsid.cli_data import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))

@@ -13,7 +13,7 @@ from rqsid import RqsidError
 from rqsid.config import RqsidConfig, load_config
 from rqsid.home import ProjectHome
 from rqsid.metrics import distribution_report
-from rqsid.sids import load_reference_index
+from synthetic_tables import sid_table
 from tasks.tracking import LAYER_METRICS, Tracker
 
 
@@ -24,8 +24,8 @@ def tracker(tmp_path_factory) -> Tracker:
 
 
 @pytest.fixture(scope="module")
-def report(scientific_dir) -> dict:
-    table = load_reference_index(scientific_dir / "reference-sids" / "rkmeans.index.json")
+def report() -> dict:
+    table = sid_table(n=4000)
     return distribution_report(table.codes, table.level_sizes)
 
 
@@ -88,9 +88,8 @@ def test_run_records_config_report_lineage_and_artifacts(tracker, report, tmp_pa
 
 def test_nested_runs_link_to_their_parent(tracker):
     experiment = tracker.experiment("scientific")
-    with tracker.start_run("study", experiment) as parent:
-        with tracker.start_run("k=8", experiment, nested=True) as child:
-            tracker.log_config(RqsidConfig())
+    with tracker.start_run("study", experiment) as parent, tracker.start_run("k=8", experiment, nested=True) as child:
+        tracker.log_config(RqsidConfig())
     stored = tracker.client.get_run(child.info.run_id)
     assert stored.data.tags["mlflow.parentRunId"] == parent.info.run_id
 
@@ -101,9 +100,8 @@ def test_logging_outside_a_run_is_a_user_error(tracker, report):
 
 
 def test_missing_artifact_is_a_user_error(tracker, tmp_path):
-    with tracker.start_run("bad", tracker.experiment("scientific")):
-        with pytest.raises(RqsidError, match="does not exist"):
-            tracker.log_artifact(tmp_path / "absent.bin")
+    with tracker.start_run("bad", tracker.experiment("scientific")), pytest.raises(RqsidError, match="does not exist"):
+        tracker.log_artifact(tmp_path / "absent.bin")
 
 
 def _generator_dir(root: Path, label: str) -> Path:

@@ -1,4 +1,5 @@
-"""SidTrie: every real SID maps back to its item, invalid prefixes are rejected, masks match the paths."""
+"""SidTrie: every SID maps back to its item, invalid prefixes are rejected, masks match the paths, and a
+saved trie loads back equal."""
 
 from __future__ import annotations
 
@@ -8,24 +9,36 @@ import numpy as np
 import pytest
 
 from rqsid import RqsidError
-from rqsid.sids import assign_sids, load_reference_index
+from rqsid.sids import assign_sids
 from rqsid.trie import SidTrie
+from synthetic_tables import sid_table
 
 
 @pytest.fixture(scope="module")
-def beauty(beauty_dir):
-    table = load_reference_index(beauty_dir / "reference-sids" / "rqvae.index.json", id_offset=1)
+def catalog_sids():
+    """Beauty-sized SIDs: 12,000 items, 4 levels of 256 codes, an hourglass at layer 2, dedup tokens."""
+    table = sid_table(exponents=(0.9, 1.4, 0.3, 0.3))
     return table, table.token_matrix(), SidTrie.build(table.token_matrix(), table.vocab_size)
 
 
-def test_every_beauty_item_round_trips(beauty):
-    table, tokens, trie = beauty
+def test_every_item_round_trips(catalog_sids):
+    table, tokens, trie = catalog_sids
     assert np.array_equal(trie.lookup(tokens), np.arange(len(table)))
     assert trie.lookup(tokens[123]) == 123
 
 
-def test_prefixes_and_foreign_paths_are_not_items(beauty):
-    table, tokens, trie = beauty
+def test_saved_trie_loads_back_equal(tmp_path, catalog_sids):
+    table, tokens, trie = catalog_sids
+    back = SidTrie.load(trie.save(tmp_path / "trie.npz"))
+    for name in ("first_child", "token", "item", "edge_key"):
+        assert np.array_equal(getattr(back, name), getattr(trie, name)) and getattr(back, name).dtype == getattr(trie, name).dtype
+    assert back.vocab_size == trie.vocab_size and np.array_equal(back.lookup(tokens), np.arange(len(table)))
+    with pytest.raises(RqsidError, match="not found"):
+        SidTrie.load(tmp_path / "missing.npz")
+
+
+def test_prefixes_and_foreign_paths_are_not_items(catalog_sids):
+    table, tokens, trie = catalog_sids
     assert (trie.lookup(tokens[:, :3]) == -1).all()  # no eos yet
     wrong = tokens[:50].copy()
     wrong[:, 1] = wrong[:, 0]  # a level-1 token where a level-2 token belongs
@@ -33,8 +46,8 @@ def test_prefixes_and_foreign_paths_are_not_items(beauty):
     assert (trie.step(np.array([-1, 0]), np.array([5, table.eos])) == -1).all()
 
 
-def test_allowed_and_mask_equal_the_real_continuations(beauty):
-    _, tokens, trie = beauty
+def test_allowed_and_mask_equal_the_real_continuations(catalog_sids):
+    _, tokens, trie = catalog_sids
     continuations = defaultdict(set)
     for row in tokens:
         row = row[row >= 0]

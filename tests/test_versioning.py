@@ -1,4 +1,5 @@
-"""Version ids, the on-disk version store, atomic publication, and stable SIDs — on the real Scientific catalog."""
+"""Version ids (pinned: an existing project home must keep reusing its versions), the on-disk version store,
+atomic publication, and stable SIDs — on the synthetic shop."""
 
 from __future__ import annotations
 
@@ -7,29 +8,18 @@ import multiprocessing
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pytest
 
 from rqsid import RqsidError
-from rqsid.config import QuantizerConfig
-from rqsid.importers import import_scientific
-from rqsid.versioning import (
-    IndexRegistry,
-    VersionStore,
-    carry_codes,
-    catalog_version,
-    changed_sid_count,
-    item_content_hashes,
-    item_delta,
-    stable_dedup,
-    version_id,
-)
+from rqsid.config import GeneratorConfig, QuantizerConfig, RqsidConfig
+from rqsid.index import carry_codes, changed_sid_count, item_delta, stable_dedup
+from rqsid.versioning import IndexRegistry, VersionStore, catalog_version, interactions_version, item_content_hashes, version_id
+from synthetic_tables import shop
 
 
 @pytest.fixture(scope="module")
-def scientific(scientific_dir) -> pa.Table:
-    catalog, _ = import_scientific(scientific_dir)
-    return catalog.slice(0, 600)
+def catalog_600() -> pa.Table:
+    return shop(n_items=600)[0]
 
 
 def _retitle(catalog: pa.Table, rows: np.ndarray, suffix: str) -> pa.Table:
@@ -46,20 +36,42 @@ def test_version_id_depends_on_inputs_and_config_only():
     assert a != version_id("tokenizer", {"embeddings": "emb-1", "catalog": "cat-1"}, QuantizerConfig(levels=4))
 
 
-def test_content_hashes_see_every_text_field(scientific):
-    hashes = item_content_hashes(scientific)
-    assert len(hashes) == scientific.num_rows and all(len(h) == 16 for h in hashes)
-    changed = item_content_hashes(_retitle(scientific, np.array([3, 7]), "v2"))
+def test_version_ids_stay_what_they_were():
+    """Ids computed before the identity rule moved into the config (commit 0ec7c5c): an existing project home
+    keeps finding its catalogs, embeddings and indexes under these names."""
+    config = RqsidConfig()
+    embeddings = version_id("embeddings", {"items": "catalog-0123456789abcdef"}, config.embed.identity())
+    assert embeddings == "embeddings-73ee4f4624cf1f01"
+    inputs = {"items": "catalog-0", "embeddings": "embeddings-1", "tokenizer": "tokenizer-2"}
+    key = version_id("inputs", inputs, {"prune": config.prune.identity(), "gate": config.gate.identity()})
+    assert key == "inputs-12e67096909955b9"
+    assert version_id("catalog", {"items": "catalog-1", "interactions": None}) == "catalog-09d290f8376ac50d"
+    assert catalog_version(np.array(["b", "a"], dtype=object), np.array(["h2", "h1"], dtype=object)) == "catalog-649e1f742f527dbe"
+    interactions = pa.table({"user_id": ["u1", "u1", "u2"], "item_id": ["a", "b", "a"], "seq": pa.array([0, 1, 0], pa.int32())})
+    assert interactions_version(interactions) == "catalog-a058c4d6070567ca"
+
+
+def test_identity_leaves_out_how_fast_an_artifact_is_made():
+    for section in (QuantizerConfig, GeneratorConfig):
+        fast, slow = section(threads=1), section(threads=4)
+        assert fast.identity() == slow.identity() == {k: v for k, v in fast.model_dump(mode="json").items() if k != "threads"}
+    assert QuantizerConfig(levels=4).identity() != QuantizerConfig().identity()
+
+
+def test_content_hashes_see_every_text_field(catalog_600):
+    hashes = item_content_hashes(catalog_600)
+    assert len(hashes) == catalog_600.num_rows and all(len(h) == 16 for h in hashes)
+    changed = item_content_hashes(_retitle(catalog_600, np.array([3, 7]), "v2"))
     assert np.flatnonzero(changed != hashes).tolist() == [3, 7]
     # a null brand and an empty brand are different content
-    null_brand = scientific.set_column(2, "brand", pa.nulls(scientific.num_rows, pa.string()))
-    empty_brand = scientific.set_column(2, "brand", pa.array([""] * scientific.num_rows))
+    null_brand = catalog_600.set_column(2, "brand", pa.nulls(catalog_600.num_rows, pa.string()))
+    empty_brand = catalog_600.set_column(2, "brand", pa.array([""] * catalog_600.num_rows))
     assert (item_content_hashes(null_brand) != item_content_hashes(empty_brand)).all()
 
 
-def test_catalog_version_ignores_row_order(scientific):
-    ids = np.array(scientific.column("item_id").to_pylist(), dtype=object)
-    hashes = item_content_hashes(scientific)
+def test_catalog_version_ignores_row_order(catalog_600):
+    ids = np.array(catalog_600.column("item_id").to_pylist(), dtype=object)
+    hashes = item_content_hashes(catalog_600)
     perm = np.random.default_rng(0).permutation(len(ids))
     assert catalog_version(ids, hashes) == catalog_version(ids[perm], hashes[perm])
     assert catalog_version(ids, hashes) != catalog_version(ids[:-1], hashes[:-1])
@@ -121,11 +133,12 @@ def test_publish_moves_current_atomically_and_keeps_old_versions(tmp_path):
         registry.set_current("index-9")
 
 
-def test_delta_and_carried_codes_keep_unchanged_items(scientific):
-    prev = scientific.slice(0, 500)
-    today = pa.concat_tables([_retitle(prev, np.arange(10, 20), "(new model)").slice(5), scientific.slice(500, 40)])
+def test_delta_and_carried_codes_keep_unchanged_items(catalog_600):
+    prev = catalog_600.slice(0, 500)
+    today = pa.concat_tables([_retitle(prev, np.arange(10, 20), "(new model)").slice(5), catalog_600.slice(500, 40)])
     delta = item_delta(
-        prev.column("item_id").to_numpy(), item_content_hashes(prev), today.column("item_id").to_numpy(), item_content_hashes(today)
+        prev.column("item_id").to_numpy(), item_content_hashes(prev),
+        today.column("item_id").to_numpy(), item_content_hashes(today),
     )
     assert (delta.n_new, delta.n_changed, delta.n_removed) == (40, 10, 5)
     assert delta.n_unchanged == 495 - 10

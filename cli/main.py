@@ -1,17 +1,20 @@
-"""The `rqsid` command. Library commands come from rqsid/ (no Prefect import on their path);
-orchestration commands import Prefect, Dask and MLflow only when they run."""
+"""The `rqsid` command: one parser whose sub-commands come from the command modules listed below.
+
+The list is static and imported directly: a command module that fails to import fails `rqsid` itself,
+loudly, instead of its commands silently going missing.
+"""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from cli import data, generator, orchestration, sids, study
 from rqsid import RqsidError
 from rqsid.home import ProjectHome
 
-# Modules that contribute sub-commands through `register(subparsers)`.
-COMMAND_MODULES = ("rqsid.cli_data", "rqsid.cli_core", "rqsid.generator.cli", "flows.commands", "flows.study_cli")
+# Each module contributes its sub-commands through `register(subparsers)`, in this order in --help.
+COMMAND_MODULES = (data, sids, generator, orchestration, study)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semantic IDs for a product catalog: embed, quantize, measure the hourglass, prune, retrain.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:  # a real missing dependency, not a module still to be written
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 
@@ -42,7 +39,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

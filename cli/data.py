@@ -1,10 +1,12 @@
-"""Data commands of the `rqsid` CLI: import, demo-catalog, embed. No Prefect on this path."""
+"""Data commands of the `rqsid` CLI: import, demo-catalog, embed. No Prefect, MLflow or GX on this path."""
 
 from __future__ import annotations
 
 import argparse
 import time
 from pathlib import Path
+
+from cli.options import add_config_flags, config_from
 
 
 def register(subparsers) -> None:
@@ -35,7 +37,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None, help="sentence-transformers model folder (default: packaged all-MiniLM-L6-v2)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--max-seq-length", type=int, default=None)
-    p.add_argument("--config", default=None, help="config file (.toml/.json/.yaml); flags override its embed section")
+    add_config_flags(p)  # the flags above override the embed section
     p.set_defaults(func=cmd_embed)
 
 
@@ -86,21 +88,15 @@ def cmd_demo_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from rqsid.catalog import read_catalog
-    from rqsid.config import load_config
-    from rqsid.embed import TextEmbedder, embed_catalog
     import pyarrow.parquet as pq
 
-    overrides = {
-        key: value
-        for key, value in (("embed.model_path", args.model), ("embed.batch_size", args.batch_size),
-                           ("embed.max_seq_length", args.max_seq_length))
-        if value is not None
-    }
-    cfg = load_config(args.config, overrides).embed
+    from rqsid.catalog import read_catalog
+    from rqsid.embed import TextEmbedder, embed_catalog
+
+    cfg = config_from(args, extra={"embed.model_path": args.model, "embed.batch_size": args.batch_size,
+                                   "embed.max_seq_length": args.max_seq_length}).embed
     catalog = read_catalog(args.catalog)
-    embedder = TextEmbedder(cfg.model_path, batch_size=cfg.batch_size, max_seq_length=cfg.max_seq_length,
-                            normalize=cfg.normalize)
+    embedder = TextEmbedder.from_config(cfg)
     start = time.perf_counter()
     table = embed_catalog(catalog, embedder, max_chars=cfg.max_chars, progress=True)
     seconds = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""`rqsid train` and `rqsid evaluate`: the generative retriever from the command line."""
+"""`rqsid train` and `rqsid evaluate`: the generative retriever from the command line. Queries (the search
+variant) are embedded with the config's embed section, exactly as the items were."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-import pyarrow.parquet as pq
-
+from cli.options import add_config_flags, config_from
 from rqsid import RqsidError
 
 
@@ -20,8 +19,7 @@ def register(subparsers) -> None:
     )
     _common(train)
     train.add_argument("--out", required=True, type=Path, help="folder for model.pt + meta.json")
-    train.add_argument("--config", type=Path, help="config file (.toml/.json/.yaml)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. generator.epochs=50")
+    add_config_flags(train)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser(
@@ -34,6 +32,7 @@ def register(subparsers) -> None:
     evaluate.add_argument("--split", choices=("test", "valid"), default="test")
     evaluate.add_argument("--beam-size", type=int, help="default: the model's generator.beam_size")
     evaluate.add_argument("--json", type=Path, help="also write the metrics here")
+    add_config_flags(evaluate)  # its embed section embeds the queries
     evaluate.set_defaults(func=run_evaluate)
 
 
@@ -47,6 +46,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_table(path: Path, what: str):
+    import pyarrow.parquet as pq
+
     if not path.exists():
         raise RqsidError(f"{what} file {path} does not exist")
     return pq.read_table(path)
@@ -54,6 +55,8 @@ def _read_table(path: Path, what: str):
 
 def _load_inputs(args, use_query: bool, seed: int, embed_cfg):
     """(vocab, sequences [with embedded queries], head-item mask)."""
+    import numpy as np
+
     from rqsid.generator.data import SidVocab, derive_queries, embed_queries, sequences_from_interactions
     from rqsid.generator.evaluate import head_item_mask
     from rqsid.sids import load_sids
@@ -68,8 +71,7 @@ def _load_inputs(args, use_query: bool, seed: int, embed_cfg):
             seqs = derive_queries(seqs, vocab, _read_table(args.catalog, "catalog"), seed=seed)
         from rqsid.embed import TextEmbedder
 
-        embedder = TextEmbedder(embed_cfg.model_path, batch_size=embed_cfg.batch_size, max_seq_length=embed_cfg.max_seq_length)
-        seqs = embed_queries(seqs, embedder)
+        seqs = embed_queries(seqs, TextEmbedder.from_config(embed_cfg))
     unpruned = load_sids(args.unpruned_sids, id_offset=args.id_offset) if args.unpruned_sids else table
     head = head_item_mask(unpruned, vocab) if (np.asarray(unpruned.codes)[:, 1] >= 0).all() else None
     if head is None:
@@ -78,14 +80,13 @@ def _load_inputs(args, use_query: bool, seed: int, embed_cfg):
 
 
 def run_train(args) -> int:
-    from rqsid.config import load_config, parse_override
     from rqsid.generator.evaluate import format_table
     from rqsid.generator.train import evaluate_split, save_generator, train_generator
 
-    overrides = dict(parse_override(text) for text in args.set)
-    if args.catalog is not None:
-        overrides.setdefault("generator.use_query", True)
-    cfg = load_config(args.config, overrides)
+    # a catalog to derive queries from means the query variant, unless --set says otherwise
+    set_here = {text.partition("=")[0].strip() for text in args.overrides}
+    query = args.catalog is not None and "generator.use_query" not in set_here
+    cfg = config_from(args, extra={"generator.use_query": True if query else None})
     vocab, seqs, head = _load_inputs(args, cfg.generator.use_query, cfg.generator.seed, cfg.embed)
     trained = train_generator(seqs, vocab, cfg.generator, out_dir=args.out, progress=not args.no_progress)
     metrics, _ = evaluate_split(trained, seqs, "test", head, progress=not args.no_progress)
@@ -98,7 +99,6 @@ def run_train(args) -> int:
 
 
 def run_evaluate(args) -> int:
-    from rqsid.config import load_config
     from rqsid.generator.data import SidVocab
     from rqsid.generator.evaluate import format_table
     from rqsid.generator.train import evaluate_split, load_generator
@@ -106,7 +106,7 @@ def run_evaluate(args) -> int:
 
     vocab = SidVocab.from_sid_table(load_sids(args.sids, id_offset=args.id_offset))
     trained = load_generator(args.model, vocab)
-    _, seqs, head = _load_inputs(args, trained.cfg.use_query, trained.cfg.seed, load_config().embed)
+    _, seqs, head = _load_inputs(args, trained.cfg.use_query, trained.cfg.seed, config_from(args).embed)
     metrics, _ = evaluate_split(trained, seqs, args.split, head, beam_size=args.beam_size, progress=not args.no_progress)
     name = "generator" + (" (query)" if trained.cfg.use_query else "")
     print(f"{args.split} split, {seqs.n_users} users, beam {args.beam_size or trained.cfg.beam_size}")

@@ -3,8 +3,8 @@ server, ui. Prefect, Dask and MLflow are imported only when a command runs.
 
 With no flags, `rqsid nightly` runs on the synthetic demo catalog with embedded defaults: a local
 Prefect server it starts (the in-process temporary server is slow once Dask worker processes join),
-a Dask LocalCluster and MLflow on sqlite, all under the project home, with the demo profile below
-keeping generator training short.
+a Dask LocalCluster and MLflow on sqlite, all under the project home, with the "demo" config profile
+(rqsid.config.PROFILES) keeping training short.
 """
 
 from __future__ import annotations
@@ -12,28 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
 
-from rqsid.config import RqsidConfig, load_config, parse_override
+from cli.options import add_config_flags, config_from
 from rqsid.home import ProjectHome
-
-# Bounds for the demo catalog (3,000 synthetic items): the whole `make demo` stays within minutes.
-DEMO_PROFILE: dict[str, Any] = {
-    "quantizer.epochs": 60,
-    "quantizer.early_stop_patience": 10,
-    "generator.epochs": 12,
-    "generator.max_train_minutes": 2.0,
-    "generator.valid_users": 1000,
-    "generator.beam_size": 10,
-}
-
-
-def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .json, .yaml)")
-    p.add_argument("--set", dest="overrides", metavar="SECTION.FIELD=VALUE", action="append", default=[],
-                   help="override one config value, e.g. --set quantizer.levels=4 (repeatable)")
 
 
 def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
@@ -45,13 +27,13 @@ def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("nightly", help="the nightly job: drift watch -> re-index -> retrain (demo catalog by default)")
     _add_catalog_flags(p)
-    _add_config_flags(p)
+    add_config_flags(p)
     p.add_argument("--no-train", action="store_true", help="stop after re-indexing")
     p.set_defaults(func=cmd_nightly)
 
     p = subparsers.add_parser("reindex", help="build and publish an index version (gated; nothing published on failure)")
     _add_catalog_flags(p)
-    _add_config_flags(p)
+    add_config_flags(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--refit", dest="refit", action="store_const", const=True, help="always fit a new tokenizer")
     group.add_argument("--reuse", dest="refit", action="store_const", const=False,
@@ -62,18 +44,19 @@ def register(subparsers) -> None:
     p.add_argument("--catalog-name", default=None, help="catalog whose index to use (default: demo)")
     p.add_argument("--index", dest="index_version", default=None, help="index version (default: the current one)")
     p.add_argument("--interactions", metavar="PATH", help="interactions file (default: those of the index's catalog)")
-    _add_config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=cmd_retrain)
 
-    p = subparsers.add_parser("drift", help="compare a catalog with its published index; emit rqsid.drift.detected over thresholds")
+    p = subparsers.add_parser("drift", help="compare a catalog with its published index; "
+                              "emit rqsid.drift.detected over thresholds")
     p.add_argument("--catalog", metavar="PATH", help="catalog (default: synthetic demo)")
-    _add_config_flags(p)
+    add_config_flags(p)
     p.add_argument("--no-emit", action="store_true", help="measure only; do not emit the Prefect event")
     p.set_defaults(func=cmd_drift)
 
     p = subparsers.add_parser("serve", help="serve the nightly cron deployment and the drift-triggered retrain deployment")
     _add_catalog_flags(p)
-    _add_config_flags(p)
+    add_config_flags(p)
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("server", help="run a local Prefect server (127.0.0.1, state under the project home)")
@@ -85,93 +68,29 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_ui)
 
 
-# ---------------------------------------------------------------- configuration
-
-
-def resolve(args: argparse.Namespace, demo: bool) -> RqsidConfig:
-    """The config file, then --set overrides; the demo profile fills what neither of them set."""
-    overrides = dict(parse_override(text) for text in args.overrides)
-    config = load_config(args.config, overrides)
-    if not demo:
-        return config
-    unset = {}
-    for key, value in DEMO_PROFILE.items():
-        section, _, field = key.partition(".")
-        if field not in getattr(config, section).model_fields_set:
-            unset[key] = value
-    return load_config(args.config, {**unset, **overrides})
-
-
 # ---------------------------------------------------------------- running flows against a Prefect API
 
 
-@contextmanager
-def prefect_api(config: RqsidConfig) -> Iterator[str]:
-    """The configured Prefect API, else a healthy local server (started now, stopped at exit)."""
-    import os
-
-    from tasks.services import ensure_prefect_api
-
-    home = ProjectHome.default().activate()
-    preflight(config)
-    if config.orchestration.prefect_api_url:
-        os.environ["PREFECT_API_URL"] = config.orchestration.prefect_api_url
-    started = time.perf_counter()
-    api = ensure_prefect_api(home)
-    print(f"prefect API: {api} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        yield api
-
-
-def preflight(config: RqsidConfig, timeout_s: float = 5.0) -> None:
-    """Configured remote services must answer now: a clear RqsidError within seconds, not a retry hang (MLflow's
-    HTTP client retries for minutes) or a silent fall-back to a local Prefect server."""
-    import socket
-    import urllib.error
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    from rqsid import RqsidError
-
-    orch = config.orchestration
-    checks = []
-    if orch.prefect_api_url:
-        checks.append(("orchestration.prefect_api_url", orch.prefect_api_url, f"{orch.prefect_api_url.rstrip('/')}/health"))
-    if orch.mlflow_tracking_uri and orch.mlflow_tracking_uri.startswith(("http://", "https://")):
-        checks.append(("orchestration.mlflow_tracking_uri", orch.mlflow_tracking_uri, f"{orch.mlflow_tracking_uri.rstrip('/')}/health"))
-    for name, value, url in checks:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:
-                if response.status == 200:
-                    continue
-            problem = f"HTTP {response.status}"
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            problem = str(getattr(err, "reason", err))
-        raise RqsidError(f"{name}={value} does not answer ({url}: {problem}, {timeout_s:g} s limit)")
-    if orch.dask_address:
-        parts = urlsplit(orch.dask_address if "://" in orch.dask_address else f"tcp://{orch.dask_address}")
-        try:
-            socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
-        except (OSError, TypeError, ValueError) as err:
-            raise RqsidError(f"orchestration.dask_address={orch.dask_address}: no scheduler answers ({err}, "
-                             f"{timeout_s:g} s limit)") from None
+def resolve(args: argparse.Namespace, demo: bool):
+    """The command's config; on the demo catalog the "demo" profile fills what --config and --set leave open."""
+    return config_from(args, profile="demo" if demo else None)
 
 
 def _catalog_lock(catalog: str | None):
     """The catalog's run lock, taken before any flow run starts, so a refusal is one line (not a failed flow run
     and its logged traceback); the reindex flow takes it again (re-entrant) for deployments."""
     from rqsid.locks import catalog_lock
-    from tasks.pipeline import catalog_name_of
+    from rqsid.sources import catalog_name_of
 
     return catalog_lock(ProjectHome.default().root, catalog_name_of(catalog))
 
 
-def _run(flow_fn, config: RqsidConfig, **params) -> dict:
+def _run(flow_fn, config, **params) -> dict:
+    from tasks.services import prefect_api
+
     with prefect_api(config):
         started = time.perf_counter()
-        result = flow_fn(config=config.model_dump(mode="json"), **params)
+        result = flow_fn(config=config, **params)
         result["wall_s"] = round(time.perf_counter() - started, 3)
     return result
 
@@ -225,12 +144,13 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from deployments.nightly import NIGHTLY_CRON, serve_all
+    from tasks.services import prefect_api
 
     config = resolve(args, demo=args.catalog is None)
     with prefect_api(config) as api:
         print(f"serving deployments 'nightly' (cron {NIGHTLY_CRON} UTC) and 'retrain-on-drift' "
               f"(trigger rqsid.drift.detected) against {api}; Ctrl-C stops", flush=True)
-        serve_all(args.catalog, args.interactions, config.model_dump(mode="json"))
+        serve_all(args.catalog, args.interactions, config)
     return 0
 
 
@@ -277,7 +197,10 @@ def _print_drift(result: dict) -> None:
 
 
 def _print_index(result: dict) -> None:
-    how = "reused (same inputs)" if result["reused"] else ("tokenizer refitted" if result["refit"] else "tokenizer reused, SIDs kept stable")
+    if result["reused"]:
+        how = "reused (same inputs)"
+    else:
+        how = "tokenizer refitted" if result["refit"] else "tokenizer reused, SIDs kept stable"
     print(f"index {result['index_version']} for {result['catalog_name']}: {how}; pruning K={result['k']}")
     changes = result.get("sid_changes")
     if changes:

@@ -1,4 +1,4 @@
-"""Core commands of the `rqsid` CLI: fit, sids, report, prune. No Prefect on this path.
+"""Library commands of the `rqsid` CLI: fit, sids, report, prune. No Prefect, MLflow or GX on this path.
 
 `rqsid sids` runs the whole index build on one machine: catalog -> embeddings -> tokenizer ->
 SIDs -> report -> choose K -> prune -> report, writing every artifact under --out.
@@ -10,19 +10,12 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-import numpy as np
+from cli.options import add_config_flags, config_from, step
 
 PIPELINE_FILES = """Writes OUT/embeddings.parquet (unless --embeddings is given), OUT/tokenizer/,
 OUT/sids.parquet, OUT/sids_pruned.parquet, OUT/report.json, OUT/report_pruned.json and
 OUT/prune_trace.json (K, retained Gini and collision rate for every K tried)."""
-
-
-def _config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="config file (.toml/.json/.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                   help="override one config field, e.g. --set quantizer.epochs=50 (repeatable)")
 
 
 def _source_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +24,7 @@ def _source_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--embeddings", help="embeddings parquet (item_id, vector); skips embedding")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--method", choices=("rqvae", "rkmeans"), default=None, help="quantizer (default: config)")
-    _config_arguments(p)
+    add_config_flags(p)
 
 
 def register(subparsers) -> None:
@@ -72,21 +65,8 @@ def register(subparsers) -> None:
     how.add_argument("--drop-layer", action="store_true", help="remove the whole layer")
     p.add_argument("--level", type=int, default=None, help="1-based layer (default: prune.level, 2)")
     p.add_argument("--id-offset", type=int, default=0, help="added to a reference index's 0-based keys (Beauty: 1)")
-    _config_arguments(p)
+    add_config_flags(p)
     p.set_defaults(func=cmd_prune)
-
-
-def _load_config(args: argparse.Namespace, extra: dict[str, Any] | None = None):
-    from rqsid.config import load_config, parse_override
-
-    overrides = dict(parse_override(text) for text in args.set)
-    overrides.update({key: value for key, value in (extra or {}).items() if value is not None})
-    return load_config(args.config, overrides)
-
-
-def _step(message: str) -> float:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-    return time.perf_counter()
 
 
 def _embeddings(args: argparse.Namespace, config, out: Path):
@@ -95,14 +75,14 @@ def _embeddings(args: argparse.Namespace, config, out: Path):
 
     if args.embeddings:
         return read_embeddings(args.embeddings)
+    import numpy as np
+
     from rqsid.catalog import read_catalog
     from rqsid.embed import TextEmbedder, embed_catalog
 
     catalog = read_catalog(args.catalog)
-    start = _step(f"embedding {catalog.num_rows} items of {args.catalog}")
-    embedder = TextEmbedder(config.embed.model_path, batch_size=config.embed.batch_size,
-                            max_seq_length=config.embed.max_seq_length, normalize=config.embed.normalize)
-    table = embed_catalog(catalog, embedder, max_chars=config.embed.max_chars, progress=True)
+    start = step(f"embedding {catalog.num_rows} items of {args.catalog}")
+    table = embed_catalog(catalog, TextEmbedder.from_config(config.embed), max_chars=config.embed.max_chars, progress=True)
     item_ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(object)
     X = np.array(table.column("vector").combine_chunks().flatten(), dtype=np.float32).reshape(table.num_rows, -1)
     path = write_embeddings(out / "embeddings.parquet", item_ids, X)
@@ -114,7 +94,7 @@ def _fit(X, config, out: Path):
     from rqsid.quantize import make_tokenizer
 
     q = config.quantizer
-    start = _step(f"fitting {q.method}: {q.levels} levels x {q.codebook_size} codes on {len(X)} items")
+    start = step(f"fitting {q.method}: {q.levels} levels x {q.codebook_size} codes on {len(X)} items")
     tokenizer = make_tokenizer(q).fit(X, progress=True)
     path = tokenizer.save(out / "tokenizer")
     print(f"  fitted in {time.perf_counter() - start:.1f} s, reconstruction error "
@@ -123,7 +103,7 @@ def _fit(X, config, out: Path):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    config = _load_config(args, {"quantizer.method": args.method})
+    config = config_from(args, extra={"quantizer.method": args.method})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     _, X = _embeddings(args, config, out)
@@ -131,35 +111,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data, indent=1))
-    return path
-
-
 def cmd_sids(args: argparse.Namespace) -> int:
+    from rqsid.jsonio import write_json
     from rqsid.metrics import format_report, format_side_by_side, report_to_json, table_report
     from rqsid.prune import auto_prune
     from rqsid.quantize import load_tokenizer
     from rqsid.sids import assign_sids, write_sids
 
-    config = _load_config(args, {"quantizer.method": args.method})
+    config = config_from(args, extra={"quantizer.method": args.method})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     item_ids, X = _embeddings(args, config, out)
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else _fit(X, config, out)
-    _step("assigning SIDs")
+    step("assigning SIDs")
     table = assign_sids(item_ids, tokenizer.encode(X), tokenizer.codebook_sizes)
     write_sids(out / "sids.parquet", table)
     report = report_to_json(table_report(table))
-    _write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     print(format_report(report))
-    _step(f"choosing K at layer {config.prune.level} (Gini <= {config.prune.gini_threshold}, "
+    step(f"choosing K at layer {config.prune.level} (Gini <= {config.prune.gini_threshold}, "
           f"collisions <= {config.prune.max_collision_rate})")
     result = auto_prune(table, config.prune)
     write_sids(out / "sids_pruned.parquet", result.table)
     pruned_report = report_to_json(result.report)
-    _write_json(out / "report_pruned.json", pruned_report)
-    _write_json(out / "prune_trace.json", result.trace)
+    write_json(out / "report_pruned.json", pruned_report)
+    write_json(out / "prune_trace.json", result.trace)
     print(_prune_summary(result, config.prune.level))
     print(format_side_by_side({"before": report, "after": pruned_report}))
     print(f"wrote {out}/sids.parquet, sids_pruned.parquet, report.json, report_pruned.json, prune_trace.json")
@@ -184,7 +160,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif len(reports) == 1:
         print(format_report(next(iter(reports.values()))))
     else:
-        print(format_side_by_side(dict(zip(_labels(args.sids), reports.values()))))
+        print(format_side_by_side(dict(zip(_labels(args.sids), reports.values(), strict=True))))
     return 0
 
 
@@ -204,7 +180,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from rqsid.prune import choose_k, drop_layer, prune_top_k
     from rqsid.sids import load_sids, write_sids
 
-    config = _load_config(args).prune
+    config = config_from(args).prune
     level = args.level or config.level  # not validated against quantizer.levels: the SIDs decide
     table = load_sids(args.sids, id_offset=args.id_offset)
     if args.drop_layer:

@@ -8,8 +8,8 @@ import json
 import shlex
 import time
 
+from cli.options import add_config_flags, config_from
 from rqsid import RqsidError
-from rqsid.config import load_config, parse_override
 
 
 def register(subparsers) -> None:
@@ -24,18 +24,20 @@ def register(subparsers) -> None:
     p.add_argument("--interactions", metavar="FILE", help="interactions table (default: those that come with the dataset)")
     p.add_argument("--embeddings", metavar="FILE", help="item embeddings parquet to reuse (default: embed the catalog, cached)")
     p.add_argument("--quick", action="store_true",
-                   help="reduced study (2 seeds, RQ-VAE 30 epochs, uniform + skewed inputs only, 1-minute generators, beam 10, one listed K): "
+                   help="reduced study (2 seeds, RQ-VAE 30 epochs, uniform + skewed inputs only, 1-minute generators, "
+                        "beam 10, one listed K): "
                         "< 15 min on Scientific")
     p.add_argument("--seeds", type=int, help="tokenizer seeds (default: 2 quick, 3 full)")
-    p.add_argument("--generator-seeds", type=int, default=1, help="generator runs per SID variant, each on that seed's SIDs (default 1)")
-    p.add_argument("--ks", help="comma list of top-K values besides the automatic one (default: 1/8 of the level quick; 1/32,1/8,1/4 full)")
+    p.add_argument("--generator-seeds", type=int, default=1,
+                   help="generator runs per SID variant, each on that seed's SIDs (default 1)")
+    p.add_argument("--ks", help="comma list of top-K values besides the automatic one "
+                               "(default: 1/8 of the level quick; 1/32,1/8,1/4 full)")
     p.add_argument("--methods", default="rqvae,rkmeans", help="tokenizers to fit (default rqvae,rkmeans)")
     p.add_argument("--generator-minutes", type=float, help="training budget per generator (generator.max_train_minutes)")
     p.add_argument("--no-generator", action="store_true", help="tokenizer findings only (1 and 2)")
     p.add_argument("--out", metavar="DIR", help="report folder (default: ./hourglass-study/<dataset>)")
-    p.add_argument("--config", metavar="FILE", help="config file (.toml, .json, .yaml)")
-    p.add_argument("--set", dest="overrides", metavar="SECTION.FIELD=VALUE", action="append", default=[],
-                   help="override one config value, e.g. --set quantizer.epochs=50 (repeatable)")
+    p.add_argument("--rerender", metavar="DIR", help="only rewrite DIR/report.md from DIR/results.json (no measuring)")
+    add_config_flags(p)
     p.set_defaults(func=cmd_study)
 
 
@@ -67,30 +69,35 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def study_config(args: argparse.Namespace):
-    """The caller's config (file, --set, --generator-minutes), validated now for a clear error before any
-    work; the flow gets only the fields the caller set, so the study's mode profile fills the rest."""
-    overrides = dict(parse_override(text) for text in args.overrides)
-    if args.generator_minutes is not None:
-        overrides["generator.max_train_minutes"] = args.generator_minutes
-    return load_config(args.config, overrides)
+    """The config (file, --set, --generator-minutes) over the mode's profile ("quick" or "full"), validated
+    now for a clear error before any work."""
+    return config_from(args, profile="quick" if args.quick else "full",
+                       extra={"generator.max_train_minutes": args.generator_minutes})
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from flows.commands import prefect_api
+    if args.rerender:
+        from rqsid.study import rerender_report
+
+        print(f"report: {rerender_report(args.rerender)}")
+        return 0
     from flows.study import hourglass_study
+    from tasks.services import prefect_api
 
     config = study_config(args)
     started = time.perf_counter()
     with prefect_api(config):
         result = hourglass_study(
             dataset=args.dataset, quick=args.quick, seeds=args.seeds, out=args.out, embeddings=args.embeddings,
-            interactions=args.interactions,
-            config=config.model_dump(mode="json", exclude_unset=True), ks=_int_list(args.ks, "--ks"),
+            interactions=args.interactions, config=config, ks=_int_list(args.ks, "--ks"),
             methods=[m.strip() for m in args.methods.split(",") if m.strip()], generator=not args.no_generator,
             generator_seeds=args.generator_seeds, command=command_line(args),
         )
     for finding in result["findings"]:
         print(f"finding {finding['number']}: {finding['verdict']}: {finding['reason']}")
+    reused = result["reused"]
+    print(f"reused from earlier runs: {reused.get('fits', 0)} of {reused.get('fits_total', 0)} fits, "
+          f"{reused.get('generators', 0)} of {reused.get('generators_total', 0)} generator runs (equal SIDs share one)")
     print(f"report: {result['report']}")
     print(f"MLflow run {result['mlflow_run_id']}; wall {time.perf_counter() - started:.0f} s")
     print(json.dumps(result["timing"], indent=1))

@@ -1,0 +1,50 @@
+"""Where a catalog comes from: the synthetic demo shop, a canonical parquet file, or a dataset folder or
+table that the importers read; and the name its published indexes go under."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+
+DEMO_SOURCE = "demo"
+DEMO_ITEMS = 3000
+
+
+def is_demo(source: str | None) -> bool:
+    return source in (None, "", DEMO_SOURCE)
+
+
+def catalog_name_of(source: str | None) -> str:
+    """The catalog's name (its index registry and MLflow experiment): the file stem or the folder name."""
+    if is_demo(source):
+        return DEMO_SOURCE
+    path = Path(source)
+    return path.stem if path.is_file() else path.resolve().name
+
+
+def read_source(source: str | None, demo_items: int = DEMO_ITEMS) -> tuple[pa.Table, pa.Table | None]:
+    """(catalog, interactions or None) of a source, unvalidated."""
+    if is_demo(source):
+        from rqsid.synthetic import make_demo_catalog
+
+        return make_demo_catalog(n_items=demo_items, seed=0)
+    path = Path(source)
+    if path.suffix == ".parquet" and path.is_file():
+        from rqsid.catalog import read_catalog
+
+        return read_catalog(path), None
+    from rqsid.importers import import_dataset
+
+    return import_dataset(path)
+
+
+def read_interactions_source(source: str | Path) -> pa.Table:
+    """Interactions from a canonical parquet file or any table the importers read (CSV, JSONL, ...)."""
+    if str(source).endswith(".parquet"):
+        from rqsid.catalog import read_interactions
+
+        return read_interactions(source)
+    from rqsid.importers import import_interactions_table
+
+    return import_interactions_table(source)

@@ -1,0 +1,64 @@
+"""The tokenizer stage: fit the RQ-VAE (or residual k-means) on the embeddings, or reuse the one a
+published index was built with (its copy inside the index version)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from rqsid.config import QuantizerConfig
+from rqsid.embed import read_embeddings
+from rqsid.home import ProjectHome
+from rqsid.index import index_manifest
+from rqsid.versioning import version_id
+from tasks.common import Stopwatch, store
+from tasks.embeddings import EmbeddingsVersion
+
+
+@dataclass
+class TokenizerVersion:
+    version: str
+    path: Path  # folder with model/ (load_tokenizer) and manifest.json
+    level_sizes: list[int]
+    recon_error: float
+    fitted: bool  # False when the published tokenizer was reused
+    reused: bool
+    compute_s: float
+    model_dir: Path  # what load_tokenizer reads
+
+
+def tokenizer_version(embeddings: EmbeddingsVersion, config: QuantizerConfig) -> str:
+    return version_id("tokenizer", {"embeddings": embeddings.version}, config.identity())
+
+
+@task(name="fit-tokenizer", cache_policy=NO_CACHE)
+def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: ProjectHome | None = None) -> TokenizerVersion:
+    """Fit the RQ-VAE (or residual k-means) on the embeddings, or return the stored fit."""
+    from rqsid.quantize import make_tokenizer
+
+    version = tokenizer_version(embeddings, config)
+    watch = Stopwatch()
+
+    def build(folder: Path) -> dict:
+        with watch.compute():
+            _, X = read_embeddings(embeddings.file)
+            tok = make_tokenizer(config).fit(X)
+            tok.save(folder / "model")
+            error = tok.reconstruction_error(X)
+        return {"embeddings": embeddings.version, "level_sizes": list(tok.codebook_sizes), "recon_error": error,
+                "epochs_run": len(tok.history)}
+
+    art = store(home).get_or_create("tokenizer", version, build)
+    m = art.manifest
+    return TokenizerVersion(version, art.path, m["level_sizes"], m["recon_error"], True, art.reused, watch.compute_s,
+                            art.path / "model")
+
+
+def published_tokenizer(index_dir: Path) -> TokenizerVersion:
+    """The tokenizer an index was built with (a copy is kept inside the index version)."""
+    manifest = index_manifest(index_dir)
+    return TokenizerVersion(manifest["versions"]["tokenizer"], index_dir, manifest["level_sizes"],
+                            manifest["recon_error"], False, True, 0.0, index_dir / "tokenizer")
