@@ -31,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 from common import RESULTS, log, machine, new_result, write_result
 
 PUBLISHED = {  # TIGER (Rajput et al., NeurIPS 2023), the same P5 splits
@@ -48,13 +47,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=sorted(FOLDERS), required=True)
     p.add_argument("--embeddings", type=Path, help="item embeddings parquet (default: embed the catalog, cached in --work)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--models", default="ours,sasrec,popularity", help="comma list of ours, sasrec, popularity, and "
-                   "ours-sid-only (the generator without the item-level score: the previous default)")
+    p.add_argument(
+        "--models",
+        default="ours,sasrec,popularity",
+        help="comma list of ours, sasrec, popularity, and "
+        "ours-sid-only (the generator without the item-level score: the previous default)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="training runs at once (one torch thread each)")
     p.add_argument("--minutes", type=float, default=90.0, help="training budget per run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for ours")
     p.add_argument("--sasrec-set", action="append", default=[], metavar="KEY=VALUE", help="SASRecConfig override")
-    p.add_argument("--work", type=Path, default=None, help="folder for SIDs, logs and per-run results (default /work/scratch/quality/<dataset>)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for SIDs, logs and per-run results (default /work/scratch/quality/<dataset>)",
+    )
     p.add_argument("--tag", default="", help="suffix of the result files")
     p.add_argument("--job", help="internal / idea runs: run one training job, e.g. ours:0 or sasrec:1")
     p.add_argument("--idea", help="with --job: record the run in generator_ideas.jsonl under this name")
@@ -88,8 +96,12 @@ def prepare(args) -> Path:
     if args.embeddings is None:
         args.embeddings = work / "embeddings.parquet"
         if not args.embeddings.exists():
-            embedder = TextEmbedder(config.embed.model_path, batch_size=config.embed.batch_size,
-                                    max_seq_length=config.embed.max_seq_length, normalize=config.embed.normalize)
+            embedder = TextEmbedder(
+                config.embed.model_path,
+                batch_size=config.embed.batch_size,
+                max_seq_length=config.embed.max_seq_length,
+                normalize=config.embed.normalize,
+            )
             table = embed_catalog(catalog, embedder, max_chars=config.embed.max_chars)
             ids = np.asarray(table.column("item_id").to_pylist(), dtype=object)
             write_embeddings(args.embeddings, ids, np.asarray(table.column("vector").to_pylist(), dtype=np.float32))
@@ -103,8 +115,13 @@ def prepare(args) -> Path:
     write_sids(work / "sids.parquet", pruned.table)
     np.save(work / "item_vectors.npy", X)
     (work / "item_ids.json").write_text(json.dumps([str(i) for i in item_ids]))
-    info = {"quantizer": config.quantizer.model_dump(), "fit_seconds": round(fit_s, 1), "prune_k": pruned.k,
-            "dropped": pruned.dropped, "embeddings": str(args.embeddings)}
+    info = {
+        "quantizer": config.quantizer.model_dump(),
+        "fit_seconds": round(fit_s, 1),
+        "prune_k": pruned.k,
+        "dropped": pruned.dropped,
+        "embeddings": str(args.embeddings),
+    }
     (work / "sids.json").write_text(json.dumps(info, indent=1))
     log(f"SIDs fitted in {fit_s:.0f} s; pruning K={pruned.k}")
     return work
@@ -135,8 +152,15 @@ def ours_config(args, seed: int, sid_only: bool = False):
 
     overrides = dict(parse_override(s) for s in args.set)
     if sid_only:  # the generator as it was: SID log-probability alone ranks the beam
-        overrides.update({"generator.item_loss_weight": 0.0, "generator.rank_mix": 0.0, "generator.candidates": "beam",
-                          "generator.item_text": False, "generator.item_ids": False})
+        overrides.update(
+            {
+                "generator.item_loss_weight": 0.0,
+                "generator.rank_mix": 0.0,
+                "generator.candidates": "beam",
+                "generator.item_text": False,
+                "generator.item_ids": False,
+            }
+        )
     overrides.update({"generator.seed": seed, "generator.threads": 1, "generator.max_train_minutes": args.minutes})
     return load_config(None, overrides).generator
 
@@ -157,35 +181,60 @@ def run_job(args) -> dict:
         t1 = time.perf_counter()
         test, _ = evaluate_split(trained, seqs, "test", head)
         beam_s = time.perf_counter() - t1
-        out = {"config": cfg.model_dump(), "best_epoch": trained.best.get("epoch"), "best_valid": trained.best.get("valid"),
-               **{k: trained.stats[k] for k in ("train_seconds", "wall_seconds", "epochs")},
-               "train_samples_per_s": trained.stats["samples_per_s"], "queries_per_s": round(seqs.n_users / beam_s, 1),
-               "learning_curve": _curve(trained.history)}
+        out = {
+            "config": cfg.model_dump(),
+            "best_epoch": trained.best.get("epoch"),
+            "best_valid": trained.best.get("valid"),
+            **{k: trained.stats[k] for k in ("train_seconds", "wall_seconds", "epochs")},
+            "train_samples_per_s": trained.stats["samples_per_s"],
+            "queries_per_s": round(seqs.n_users / beam_s, 1),
+            "learning_curve": _curve(trained.history),
+        }
     elif kind == "sasrec":
         from sasrec import SASRecConfig, evaluate, train_sasrec
 
         from rqsid.config import parse_override
 
-        cfg = SASRecConfig(**{**dict(parse_override(s) for s in args.sasrec_set), "seed": seed, "max_train_minutes": args.minutes})
+        cfg = SASRecConfig(
+            **{**dict(parse_override(s) for s in args.sasrec_set), "seed": seed, "max_train_minutes": args.minutes}
+        )
         trained = train_sasrec(seqs, vocab.n_items, cfg, log=log)
         t1 = time.perf_counter()
         test = evaluate(trained.model, seqs, "test", head)
-        out = {"config": dataclasses.asdict(cfg), "best_epoch": trained.best.get("epoch"),
-               "best_valid": trained.best.get("valid"), **{k: trained.stats[k] for k in ("train_seconds", "wall_seconds", "epochs")},
-               "train_samples_per_s": trained.stats["samples_per_s"], "queries_per_s": round(seqs.n_users / (time.perf_counter() - t1), 1),
-               "learning_curve": _curve(trained.history)}
+        out = {
+            "config": dataclasses.asdict(cfg),
+            "best_epoch": trained.best.get("epoch"),
+            "best_valid": trained.best.get("valid"),
+            **{k: trained.stats[k] for k in ("train_seconds", "wall_seconds", "epochs")},
+            "train_samples_per_s": trained.stats["samples_per_s"],
+            "queries_per_s": round(seqs.n_users / (time.perf_counter() - t1), 1),
+            "learning_curve": _curve(trained.history),
+        }
     else:
         raise SystemExit(f"unknown job kind {kind!r}")
-    out.update({"model": kind, "seed": seed, "test": test, "job_seconds": round(time.perf_counter() - t0, 1),
-                "load_avg_end": machine()["load_avg"]})
+    out.update(
+        {
+            "model": kind,
+            "seed": seed,
+            "test": test,
+            "job_seconds": round(time.perf_counter() - t0, 1),
+            "load_avg_end": machine()["load_avg"],
+        }
+    )
     log(f"{args.job}: test R@10 {test['all']['recall@10']:.4f} N@10 {test['all']['ndcg@10']:.4f}")
     return out
 
 
 def _curve(history: list[dict]) -> list[dict]:
-    return [{"epoch": h["epoch"], "loss": round(h["loss"], 4), "elapsed_s": h["elapsed_s"],
-             **({"valid_recall@10": h["valid"]["recall@10"], "valid_ndcg@10": h["valid"]["ndcg@10"]} if "valid" in h else {})}
-            for h in history]
+    return [
+        {
+            "epoch": h["epoch"],
+            "loss": round(h["loss"], 4),
+            "elapsed_s": h["elapsed_s"],
+            **({"valid_recall@10": h["valid"]["recall@10"], "valid_ndcg@10": h["valid"]["ndcg@10"]} if "valid" in h else {}),
+        }
+        for h in history
+    ]
 
 
 # ---------------------------------------------------------------- the whole benchmark
@@ -201,9 +250,20 @@ def run_all(args) -> int:
     def launch(job: str) -> dict:
         out = jobs_dir / f"{job.replace(':', '-')}.json"
         if not out.exists():
-            cmd = [sys.executable, __file__, "--dataset", args.dataset, "--work", str(work), "--job", job,
-                   "--minutes", str(args.minutes), *sum((["--set", s] for s in args.set), []),
-                   *sum((["--sasrec-set", s] for s in args.sasrec_set), [])]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--dataset",
+                args.dataset,
+                "--work",
+                str(work),
+                "--job",
+                job,
+                "--minutes",
+                str(args.minutes),
+                *sum((["--set", s] for s in args.set), []),
+                *sum((["--sasrec-set", s] for s in args.sasrec_set), []),
+            ]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
             log(f"start {job}")
             with open(jobs_dir / f"{job.replace(':', '-')}.log", "w") as logfile:
@@ -212,16 +272,24 @@ def run_all(args) -> int:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         runs = list(pool.map(launch, jobs))
-    result = new_result(benchmark=f"{args.dataset} generator quality", dataset=args.dataset, seeds=args.seeds,
-                        minutes=args.minutes, jobs_at_once=args.jobs, sids=json.loads((work / "sids.json").read_text()),
-                        published_tiger=PUBLISHED.get(args.dataset), models={})
+    result = new_result(
+        benchmark=f"{args.dataset} generator quality",
+        dataset=args.dataset,
+        seeds=args.seeds,
+        minutes=args.minutes,
+        jobs_at_once=args.jobs,
+        sids=json.loads((work / "sids.json").read_text()),
+        published_tiger=PUBLISHED.get(args.dataset),
+        models={},
+    )
     if "popularity" in models:
         result["models"]["popularity"] = {"test": popularity(work)}
     for name in [m for m in models if m != "popularity"]:
         result["models"][name] = aggregate([r for r in runs if r["model"] == name])
     if "ours" in result["models"] and "sasrec" in result["models"]:
-        result["ratio_ours_to_sasrec"] = {m: result["models"]["ours"]["test"]["all"][m] / result["models"]["sasrec"]["test"]["all"][m]
-                                          for m in METRICS}
+        result["ratio_ours_to_sasrec"] = {
+            m: result["models"]["ours"]["test"]["all"][m] / result["models"]["sasrec"]["test"]["all"][m] for m in METRICS
+        }
     write_result(f"{args.dataset}_generator{args.tag}", result, markdown(result))
     return 0
 
@@ -243,20 +311,33 @@ def aggregate(runs: list[dict]) -> dict:
         test[subset] = {m: float(v.mean()) for m, v in values.items()} | {"n": runs[0]["test"][subset]["n"]}
         stderr[subset] = {m: float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None for m, v in values.items()}
     mean = lambda key: float(np.mean([r[key] for r in runs]))  # noqa: E731
-    return {"test": test, "stderr": stderr, "seeds": runs, "train_seconds": mean("train_seconds"),
-            "train_samples_per_s": mean("train_samples_per_s"), "queries_per_s": mean("queries_per_s")}
+    return {
+        "test": test,
+        "stderr": stderr,
+        "seeds": runs,
+        "train_seconds": mean("train_seconds"),
+        "train_samples_per_s": mean("train_samples_per_s"),
+        "queries_per_s": mean("queries_per_s"),
+    }
 
 
 def markdown(result: dict) -> str:
     from common import header
 
     ds = result["dataset"]
-    lines = header(f"{ds.capitalize()}: generative retriever vs SASRec", result, [
-        f"Leave-one-out test, ranking over all items, history of the last 20 items; {len(result['seeds'])} training seeds "
-        f"({', '.join(map(str, result['seeds']))}), mean ± standard error; up to {result['jobs_at_once']} runs shared the "
-        f"{result['machine']['cpu_count']} cores at one torch thread each; budget {result['minutes']:.0f} min per run."])
-    lines += ["| model | subset | users | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 | train min | samples/s | queries/s |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = header(
+        f"{ds.capitalize()}: generative retriever vs SASRec",
+        result,
+        [
+            f"Leave-one-out test, ranking over all items, history of the last 20 items; {len(result['seeds'])} training seeds "
+            f"({', '.join(map(str, result['seeds']))}), mean ± standard error; up to {result['jobs_at_once']} runs shared the "
+            f"{result['machine']['cpu_count']} cores at one torch thread each; budget {result['minutes']:.0f} min per run."
+        ],
+    )
+    lines += [
+        "| model | subset | users | Recall@5 | NDCG@5 | Recall@10 | NDCG@10 | train min | samples/s | queries/s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     if result.get("published_tiger"):
         t = result["published_tiger"]
         lines.append("| TIGER (published) | all | | " + " | ".join(f"{t[m]:.4f}" for m in METRICS) + " | | | |")
@@ -264,21 +345,34 @@ def markdown(result: dict) -> str:
         for subset, m in r["test"].items():
             se = r.get("stderr", {}).get(subset, {})
             cells = [f"{m[k]:.4f}" + (f" ± {se[k]:.4f}" if se.get(k) else "") for k in METRICS]
-            extra = (f"{r['train_seconds'] / 60:.1f} | {r['train_samples_per_s']:.0f} | {r['queries_per_s']:.0f}"
-                     if "train_seconds" in r and subset == "all" else " | | ")
+            extra = (
+                f"{r['train_seconds'] / 60:.1f} | {r['train_samples_per_s']:.0f} | {r['queries_per_s']:.0f}"
+                if "train_seconds" in r and subset == "all"
+                else " | | "
+            )
             lines.append(f"| {name} | {subset} | {m['n']} | " + " | ".join(cells) + f" | {extra} |")
     if "ratio_ours_to_sasrec" in result:
         ratio = result["ratio_ours_to_sasrec"]
         lines += ["", "Ours / SASRec, same run: " + ", ".join(f"{m} {ratio[m]:.3f}x" for m in METRICS) + "."]
-    lines += ["", "Per seed (test, all users):", "", "| model | seed | Recall@10 | NDCG@10 | best epoch | valid R@10 | train min | load at end |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines += [
+        "",
+        "Per seed (test, all users):",
+        "",
+        "| model | seed | Recall@10 | NDCG@10 | best epoch | valid R@10 | train min | load at end |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for name, r in result["models"].items():
         for s in r.get("seeds", []):
-            lines.append(f"| {name} | {s['seed']} | {s['test']['all']['recall@10']:.4f} | {s['test']['all']['ndcg@10']:.4f} | "
-                         f"{s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} | {s['load_avg_end']} |")
+            lines.append(
+                f"| {name} | {s['seed']} | {s['test']['all']['recall@10']:.4f} | {s['test']['all']['ndcg@10']:.4f} | "
+                f"{s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} | {s['load_avg_end']} |"
+            )
     sids = result["sids"]
-    lines += ["", f"SIDs: the default pipeline's ({sids['quantizer']['method']} {sids['quantizer']['levels']} x "
-              f"{sids['quantizer']['codebook_size']}, adaptive pruning K = {sids['prune_k']}), fitted in {sids['fit_seconds']:.0f} s."]
+    lines += [
+        "",
+        f"SIDs: the default pipeline's ({sids['quantizer']['method']} {sids['quantizer']['levels']} x "
+        f"{sids['quantizer']['codebook_size']}, adaptive pruning K = {sids['prune_k']}), fitted in {sids['fit_seconds']:.0f} s.",
+    ]
     return "\n".join(lines)
 
 
@@ -292,10 +386,24 @@ def main(argv=None) -> int:
     out = run_job(args)
     if args.idea:
         with IDEAS.open("a") as f:
-            f.write(json.dumps({"idea": args.idea, "dataset": args.dataset, "job": args.job, "date": time.strftime("%Y-%m-%d %H:%M"),
-                                "overrides": args.set + args.sasrec_set, "minutes": args.minutes, "best_valid": out["best_valid"],
-                                "best_epoch": out["best_epoch"], "test_all": out["test"]["all"], "train_seconds": out["train_seconds"],
-                                "load_avg_end": out["load_avg_end"]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "idea": args.idea,
+                        "dataset": args.dataset,
+                        "job": args.job,
+                        "date": time.strftime("%Y-%m-%d %H:%M"),
+                        "overrides": args.set + args.sasrec_set,
+                        "minutes": args.minutes,
+                        "best_valid": out["best_valid"],
+                        "best_epoch": out["best_epoch"],
+                        "test_all": out["test"]["all"],
+                        "train_seconds": out["train_seconds"],
+                        "load_avg_end": out["load_avg_end"],
+                    }
+                )
+                + "\n"
+            )
     else:
         (args.work / "jobs").mkdir(exist_ok=True)
         (args.work / "jobs" / f"{args.job.replace(':', '-')}.json").write_text(json.dumps(out, indent=1, default=str))

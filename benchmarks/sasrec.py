@@ -53,19 +53,22 @@ class SASRec(nn.Module):
         self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=n_items)
         self.pos_emb = nn.Embedding(cfg.max_history, d)
         self.drop = nn.Dropout(cfg.dropout)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, cfg.ffn_mult * d, cfg.dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.n_heads, cfg.ffn_mult * d, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
-        self.register_buffer("causal", torch.triu(torch.full((cfg.max_history, cfg.max_history), float("-inf")), 1), persistent=False)
-        nn.init.normal_(self.item_emb.weight, std=d ** -0.5)
+        self.register_buffer(
+            "causal", torch.triu(torch.full((cfg.max_history, cfg.max_history), float("-inf")), 1), persistent=False
+        )
+        nn.init.normal_(self.item_emb.weight, std=d**-0.5)
         with torch.no_grad():
             self.item_emb.weight[self.pad].zero_()
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """(B, P) item rows, -1 = padding after the history -> (B, P, d) causal states."""
         P = history.shape[1]
-        x = self.item_emb(torch.where(history >= 0, history, self.pad)) * self.item_emb.embedding_dim ** 0.5
+        x = self.item_emb(torch.where(history >= 0, history, self.pad)) * self.item_emb.embedding_dim**0.5
         x = self.drop(x + self.pos_emb.weight[:P])
         return self.norm(self.encoder(x, mask=self.causal[:P, :P], is_causal=True))
 
@@ -143,14 +146,21 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
                 trained.best = {"epoch": epoch, "valid": metrics}
             else:
                 stale += 1
-            log(f"sasrec epoch {epoch}: loss {record['loss']:.4f} valid R@10 {metrics['recall@10']:.4f} "
-                f"N@10 {metrics['ndcg@10']:.4f} ({record['elapsed_s']:.0f}s)")
+            log(
+                f"sasrec epoch {epoch}: loss {record['loss']:.4f} valid R@10 {metrics['recall@10']:.4f} "
+                f"N@10 {metrics['ndcg@10']:.4f} ({record['elapsed_s']:.0f}s)"
+            )
         trained.history.append(record)
         if stale >= cfg.patience or out_of_time:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    trained.stats = {"train_seconds": round(train_s, 1), "wall_seconds": round(time.perf_counter() - started, 1),
-                     "train_samples": samples, "samples_per_s": round(samples / max(train_s, 1e-9), 1),
-                     "epochs": len(trained.history), "torch_threads": torch.get_num_threads()}
+    trained.stats = {
+        "train_seconds": round(train_s, 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "train_samples": samples,
+        "samples_per_s": round(samples / max(train_s, 1e-9), 1),
+        "epochs": len(trained.history),
+        "torch_threads": torch.get_num_threads(),
+    }
     return trained

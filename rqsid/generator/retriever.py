@@ -10,8 +10,8 @@ items, minus the learned per-item embedding they do not have. When SIDs changed,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,8 +38,13 @@ class Recommendation:
     note: str = ""
 
     def as_dict(self) -> dict:
-        return {"item_ids": self.item_ids, "scores": self.scores, "sids": self.sids,
-                "unknown_history_items": self.unknown_history_items, "note": self.note}
+        return {
+            "item_ids": self.item_ids,
+            "scores": self.scores,
+            "sids": self.sids,
+            "unknown_history_items": self.unknown_history_items,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -71,7 +76,9 @@ class Retriever:
             raise RqsidError(f"k must be at least 1, not {k}")
         empty = [i for i, h in enumerate(histories) if len(h) == 0]
         if empty:
-            raise RqsidError(f"{len(empty)} histories are empty (first at position {empty[0]}): a recommendation needs at least one item")
+            raise RqsidError(
+                f"{len(empty)} histories are empty (first at position {empty[0]}): a recommendation needs at least one item"
+            )
         if queries is not None and len(queries) != len(histories):
             raise RqsidError(f"{len(queries)} queries for {len(histories)} histories")
         cfg = self.trained.cfg
@@ -88,9 +95,19 @@ class Retriever:
                 users = known[start : start + batch_size]
                 history, lengths = _left_aligned([rows[u] for u in users], cfg.max_history)
                 query = torch.from_numpy(query_vectors[users]) if query_vectors is not None else None
-                items, scores = rank_items(self.trained.model, self.trained.trie, torch.from_numpy(history),
-                                           torch.from_numpy(lengths), None, query, beam, k, cfg.rank_mix, cfg.candidates)
-                for u, item_row, score_row in zip(users, items, scores):
+                items, scores = rank_items(
+                    self.trained.model,
+                    self.trained.trie,
+                    torch.from_numpy(history),
+                    torch.from_numpy(lengths),
+                    None,
+                    query,
+                    beam,
+                    k,
+                    cfg.rank_mix,
+                    cfg.candidates,
+                )
+                for u, item_row, score_row in zip(users, items, scores, strict=False):
                     found = item_row >= 0
                     answers[u].item_ids = self.vocab.item_ids[item_row[found]].astype(str).tolist()
                     answers[u].scores = [round(float(s), 5) for s in score_row[found]]
@@ -106,7 +123,7 @@ class Retriever:
         flat = [str(item) for h in histories for item in h]
         rows = self.vocab.rows_of(np.asarray(flat, dtype=object)) if flat else np.zeros(0, dtype=np.int64)
         bounds = np.cumsum([0] + [len(h) for h in histories])
-        per_user = [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        per_user = [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)]
         return [r[r >= 0] for r in per_user], np.array([int((r < 0).sum()) for r in per_user])
 
     def _query_vectors(self, queries) -> np.ndarray | None:
@@ -151,8 +168,10 @@ def bind(trained: TrainedGenerator, vocab: SidVocab, item_features: np.ndarray |
     now = _padded(vocab.tokens[rows], width)
     changed = int((was != now).any(axis=1).sum())
     if changed:
-        raise RqsidError(f"{changed} of the model's {old.n_items} items have another SID in the new table: serve the "
-                         "index version the model was trained on until a retrained model wins")
+        raise RqsidError(
+            f"{changed} of the model's {old.n_items} items have another SID in the new table: serve the "
+            "index version the model was trained on until a retrained model wins"
+        )
     cfg = trained.cfg
     text = None
     if cfg.item_text:
