@@ -40,6 +40,8 @@ class SASRecConfig:
     epochs: int = 400
     eval_every: int = 2
     patience: int = 10
+    lr_decay: float = 0.5  # the generator's schedule: the rate halves after lr_decay_patience evaluations without gain
+    lr_decay_patience: int = 3
     valid_users: int = 5000
     max_train_minutes: float = 90.0
     seed: int = 0
@@ -146,6 +148,9 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
                 trained.best = {"epoch": epoch, "valid": metrics}
             else:
                 stale += 1
+                if stale % cfg.lr_decay_patience == 0:
+                    for group in opt.param_groups:
+                        group["lr"] *= cfg.lr_decay
             log(
                 f"sasrec epoch {epoch}: loss {record['loss']:.4f} valid R@10 {metrics['recall@10']:.4f} "
                 f"N@10 {metrics['ndcg@10']:.4f} ({record['elapsed_s']:.0f}s)"

@@ -25,7 +25,7 @@ from rqsid import RqsidError
 from rqsid.drift import apply_removed_tokens
 from rqsid.jsonio import read_json, write_json
 from rqsid.lookup import positions
-from rqsid.sids import SidTable, assign_sids, read_sids, write_sids
+from rqsid.sids import SidTable, assign_sids, neutral_keys, read_sids, write_sids
 from rqsid.trie import SidTrie
 
 MANIFEST = "manifest.json"
@@ -155,11 +155,11 @@ def carry_codes(prev_codes: np.ndarray, delta: ItemDelta, new_codes: np.ndarray)
     return codes
 
 
-def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray, item_ids) -> np.ndarray:
     """Dedup tokens for items that share their whole kept code path, reusing `prior` (an item's dedup
     token in the previous version, -1 if none or if its path changed) wherever it is still free within
-    the item's collision group; the others get the smallest free numbers in item order. Unique items
-    get -1, as in `rqsid.sids`."""
+    the item's collision group; the others get the smallest free numbers in the order of their
+    `neutral_keys` (never id order, which can carry time). Unique items get -1, as in `rqsid.sids`."""
     n = len(kept_codes)
     dedup = np.full(n, -1, dtype=np.int64)
     if n == 0:
@@ -167,7 +167,8 @@ def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray) -> np.ndarray:
     _, group, size = np.unique(kept_codes, axis=0, return_inverse=True, return_counts=True)
     group = group.reshape(-1)
     colliding = np.flatnonzero(size[group] > 1)
-    order = colliding[np.argsort(group[colliding], kind="stable")]
+    tie = neutral_keys([item_ids[i] for i in colliding])
+    order = colliding[np.lexsort((tie, group[colliding]))]
     bounds = np.flatnonzero(np.diff(group[order])) + 1
     # Collision groups are few and small (the gate bounds the collision rate): a loop over groups.
     for members in np.split(order, bounds) if len(order) else []:
@@ -192,7 +193,7 @@ def stable_table(ids: np.ndarray, codes: np.ndarray, sizes: list[int], base: Ind
     same_path[present] = (base.sids.codes[prev_row[present]] == kept[present]).all(axis=1)
     prior = np.full(len(ids), -1, dtype=np.int64)
     prior[same_path] = base.sids.dedup[prev_row[same_path]]
-    return SidTable(ids, kept, stable_dedup(kept, prior), tuple(sizes), base.sids.pruning)
+    return SidTable(ids, kept, stable_dedup(kept, prior, ids), tuple(sizes), base.sids.pruning)
 
 
 def changed_sid_count(prev_ids, prev_tokens: np.ndarray, ids, tokens: np.ndarray) -> dict[str, int]:

@@ -7,6 +7,7 @@ is still unambiguous: level l code c is token `offset[l] + c`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,18 +40,29 @@ def path_keys(codes: np.ndarray) -> np.ndarray:
     return inverse.reshape(-1).astype(np.int64)
 
 
-def dedup_tokens(codes: np.ndarray) -> np.ndarray:
-    """Dedup token per item: items sharing all their codes get 0, 1, 2, ... in item order; others -1."""
+def neutral_keys(item_ids: Sequence[str]) -> np.ndarray:
+    """A pseudo-random but fixed 64-bit key per item id (a hash of the id's text): an order that carries
+    no information about the items. Catalog ids often do (P5's Beauty ids follow first appearance in
+    time), and a dedup token given in id order would leak it to a model that sees SIDs."""
+    keys = [int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") for i in item_ids]
+    return np.asarray(keys, dtype=np.uint64)
+
+
+def dedup_tokens(codes: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+    """Dedup token per item: items sharing all their codes get 0, 1, 2, ... in the order of their
+    `neutral_keys`; items whose path is unique get -1."""
     keys = path_keys(codes)
-    order = np.argsort(keys, kind="stable")  # stable: item order inside each group
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts[inverse.reshape(-1)] > 1)
+    dedup = np.full(len(keys), -1, dtype=np.int64)
+    if len(shared) == 0:
+        return dedup
+    tie = neutral_keys([item_ids[i] for i in shared])
+    order = shared[np.lexsort((tie, keys[shared]))]  # by path, then by neutral key inside a path
     sorted_keys = keys[order]
     starts = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
-    group = np.cumsum(starts) - 1
     group_start = np.flatnonzero(starts)
-    sizes = np.diff(np.r_[group_start, len(keys)])
-    rank = np.arange(len(keys)) - group_start[group]
-    dedup = np.full(len(keys), -1, dtype=np.int64)
-    dedup[order] = np.where(sizes[group] > 1, rank, -1)
+    dedup[order] = np.arange(len(order)) - group_start[np.cumsum(starts) - 1]
     return dedup
 
 
@@ -124,7 +136,7 @@ class SidTable:
     def with_codes(self, codes: np.ndarray, pruning: dict[str, Any] | None) -> "SidTable":
         """A new table with changed codes; dedup tokens are recomputed on the new paths."""
         codes = np.asarray(codes, dtype=np.int64)
-        return SidTable(self.item_ids, codes, dedup_tokens(codes), self.level_sizes, pruning)
+        return SidTable(self.item_ids, codes, dedup_tokens(codes, self.item_ids), self.level_sizes, pruning)
 
     def removed_codes(self) -> dict[int, list[int]]:
         """1-based level -> codes that pruning retired from that level's vocabulary."""
@@ -155,7 +167,7 @@ def assign_sids(
     codes = np.array(codes, dtype=np.int64)  # a copy: the table must not change when the caller's array does
     codes.setflags(write=False)
     _check_codes(item_ids, codes, level_sizes)
-    return SidTable(item_ids, codes, dedup_tokens(codes), tuple(int(s) for s in level_sizes), pruning)
+    return SidTable(item_ids, codes, dedup_tokens(codes, item_ids), tuple(int(s) for s in level_sizes), pruning)
 
 
 def write_sids(path: str | Path, table: SidTable) -> Path:

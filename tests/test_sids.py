@@ -8,20 +8,38 @@ import numpy as np
 import pytest
 
 from rqsid import RqsidError
-from rqsid.sids import assign_sids, dedup_tokens, load_reference_index, load_sids, read_sids, write_sids
+from rqsid.sids import assign_sids, dedup_tokens, load_reference_index, load_sids, neutral_keys, read_sids, write_sids
 from synthetic_tables import sid_table
 
 
-def test_dedup_numbers_colliding_items_in_item_order():
+def test_dedup_numbers_each_collision_group_in_neutral_key_order():
     codes = np.array([[1, 2], [3, 4], [1, 2], [1, -1], [1, 2], [1, -1], [0, 0]])
-    assert dedup_tokens(codes).tolist() == [0, -1, 1, 0, 2, 1, -1]
+    ids = [f"item{i}" for i in range(7)]
+    dedup = dedup_tokens(codes, ids)
+    assert dedup[[1, 6]].tolist() == [-1, -1]  # unique paths need no dedup token
+    keys = neutral_keys(ids)
+    for group in ([0, 2, 4], [3, 5]):
+        assert sorted(dedup[group].tolist()) == list(range(len(group)))
+        assert dedup[group].tolist() == np.argsort(np.argsort(keys[group])).tolist()
+
+
+def test_dedup_order_carries_no_id_information():
+    """P5 ids follow first appearance in time: the lowest id of a collision group must not be token 0
+    more often than chance (1 in 4 for groups of 4)."""
+    codes = np.repeat(np.arange(400), 4)[:, None]
+    ids = [str(i) for i in range(1600)]  # ids ascend inside every group
+    dedup = dedup_tokens(codes, ids).reshape(400, 4)
+    lowest_first = float(np.mean(dedup[:, 0] == 0))
+    assert 0.18 < lowest_first < 0.32
+    assert dedup_tokens(codes, ids).tolist() == dedup.reshape(-1).tolist()  # and it is deterministic
 
 
 def test_token_matrix_offsets_skip_pruned_levels_and_end_with_eos():
     table = assign_sids(["a", "b", "c"], np.array([[1, 2, 3], [1, -1, 3], [1, -1, 3]]), [4, 5, 6])
     assert table.offsets.tolist() == [0, 4, 9, 15]
     assert table.dedup_size == 2 and table.eos == 17 and table.vocab_size == 18
-    assert table.token_matrix().tolist() == [[1, 6, 12, 17], [1, 12, 15, 17], [1, 12, 16, 17]]
+    tokens = table.token_matrix().tolist()
+    assert tokens[0] == [1, 6, 12, 17] and sorted(tokens[1:]) == [[1, 12, 15, 17], [1, 12, 16, 17]]
     assert table.sid_lengths().tolist() == [4, 4, 4]
 
 

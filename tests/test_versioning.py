@@ -13,6 +13,7 @@ import pytest
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig, QuantizerConfig, RqsidConfig
 from rqsid.index import carry_codes, changed_sid_count, item_delta, stable_dedup
+from rqsid.sids import dedup_tokens
 from rqsid.versioning import IndexRegistry, VersionStore, catalog_version, interactions_version, item_content_hashes, version_id
 from synthetic_tables import shop
 
@@ -159,10 +160,13 @@ def test_stable_dedup_keeps_prior_tokens_and_fills_the_smallest_free():
     kept = np.array([[1, 2], [1, 2], [1, 2], [5, 6], [7, 8], [7, 8]])
     # items 0 and 1 had tokens 1 and 0; item 2 is new; item 3 lost its partner; items 4, 5 both claim 0
     prior = np.array([1, 0, -1, 0, 0, 0])
-    dedup = stable_dedup(kept, prior)
-    assert dedup.tolist() == [1, 0, 2, -1, 0, 1]
-    # without history it numbers collisions 0, 1, ... in item order
-    assert stable_dedup(kept, np.full(6, -1)).tolist() == [0, 1, 2, -1, 0, 1]
+    ids = ["a", "b", "c", "d", "e", "f"]
+    dedup = stable_dedup(kept, prior, ids)
+    assert dedup[:4].tolist() == [1, 0, 2, -1]
+    assert sorted(dedup[4:].tolist()) == [0, 1]  # both claim 0: the neutral order settles it
+    # without history it numbers each group 0, 1, ... exactly as a fresh assignment does
+    fresh = stable_dedup(kept, np.full(6, -1), ids)
+    np.testing.assert_array_equal(fresh, dedup_tokens(kept, ids))
 
 
 def test_changed_sid_count_pads_variable_lengths():
