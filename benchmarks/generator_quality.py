@@ -181,7 +181,14 @@ def run_job(args) -> dict:
         t1 = time.perf_counter()
         test, _ = evaluate_split(trained, seqs, "test", head)
         beam_s = time.perf_counter() - t1
+        selected = None
+        if trained.selected_model is not None:  # the refit replaced it: its test figure shows what the refit gained
+            final, trained.model = trained.model, trained.selected_model
+            selected, _ = evaluate_split(trained, seqs, "test", head)
+            trained.model = final
         out = {
+            "test_before_refit": selected,
+            "refit": trained.stats.get("refit"),
             "config": cfg.model_dump(),
             "best_epoch": trained.best.get("epoch"),
             "best_valid": trained.best.get("valid"),
@@ -202,6 +209,8 @@ def run_job(args) -> dict:
         t1 = time.perf_counter()
         test = evaluate(trained.model, seqs, "test", head)
         out = {
+            "test_before_refit": evaluate(trained.selected_model, seqs, "test", head) if trained.selected_model else None,
+            "refit": trained.stats.get("refit"),
             "config": dataclasses.asdict(cfg),
             "best_epoch": trained.best.get("epoch"),
             "best_valid": trained.best.get("valid"),
@@ -396,6 +405,7 @@ def main(argv=None) -> int:
                         "overrides": args.set + args.sasrec_set,
                         "minutes": args.minutes,
                         "best_valid": out["best_valid"],
+                        "test_before_refit_all": (out["test_before_refit"] or {}).get("all"),
                         "best_epoch": out["best_epoch"],
                         "test_all": out["test"]["all"],
                         "train_seconds": out["train_seconds"],

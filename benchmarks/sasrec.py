@@ -42,6 +42,7 @@ class SASRecConfig:
     patience: int = 10
     lr_decay: float = 0.5  # the generator's schedule: the rate halves after lr_decay_patience evaluations without gain
     lr_decay_patience: int = 3
+    refit_on_valid: bool = False  # as generator.refit_on_valid
     valid_users: int = 5000
     max_train_minutes: float = 90.0
     seed: int = 0
@@ -85,6 +86,7 @@ class TrainedSASRec:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    selected_model: SASRec | None = None  # after a refit: the early-stopped model it replaced
 
 
 @torch.no_grad()
@@ -115,29 +117,20 @@ def train_sasrec(seqs: Sequences, n_items: int, cfg: SASRecConfig, log=print, th
 def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASRec:
     model = SASRec(n_items, cfg)
     trained = TrainedSASRec(model, cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = _optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     train_users = np.flatnonzero(seqs.lengths >= 4)
     valid_users = _validation_users(seqs, cfg, rng)
     started = time.perf_counter()
     deadline = started + cfg.max_train_minutes * 60
-    best_score, best_state, stale, samples, train_s = -1.0, None, 0, 0, 0.0
+    best_score, best_state, stale, samples, train_s, lr_scale = -1.0, None, 0, 0, 0.0, 1.0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0, losses = time.perf_counter(), []
-        for users in _length_bucketed_batches(train_users, seqs.lengths, cfg.batch_size, rng):
-            batch = train_batch(seqs, users, cfg.max_history, None, rng)
-            targets = torch.from_numpy(batch.targets)
-            hidden = model(torch.from_numpy(batch.history))
-            chosen = targets >= 0
-            loss = F.cross_entropy(model.scores(hidden[chosen]), targets[chosen])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            samples += int(chosen.sum())
+        t0 = time.perf_counter()
+        record = {"epoch": epoch, "lr_scale": lr_scale}
+        record["loss"], n = _run_epoch(model, opt, cfg, seqs, train_users, rng, lr_scale, holdout=2)
+        samples += n
         train_s += time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "elapsed_s": round(time.perf_counter() - started, 1)}
+        record["elapsed_s"] = round(time.perf_counter() - started, 1)
         out_of_time = time.perf_counter() > deadline
         if epoch % cfg.eval_every == 0 or out_of_time:
             metrics = evaluate(model, seqs, "valid", users=valid_users)["all"]
@@ -149,8 +142,7 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
             else:
                 stale += 1
                 if stale % cfg.lr_decay_patience == 0:
-                    for group in opt.param_groups:
-                        group["lr"] *= cfg.lr_decay
+                    lr_scale *= cfg.lr_decay
             log(
                 f"sasrec epoch {epoch}: loss {record['loss']:.4f} valid R@10 {metrics['recall@10']:.4f} "
                 f"N@10 {metrics['ndcg@10']:.4f} ({record['elapsed_s']:.0f}s)"
@@ -160,7 +152,19 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    refit = None
+    if cfg.refit_on_valid and trained.best:
+        epochs = trained.best["epoch"]
+        if time.perf_counter() + epochs * train_s / len(trained.history) * 1.1 <= deadline:
+            t0 = time.perf_counter()
+            trained.selected_model, trained.model = trained.model, _refit(n_items, cfg, seqs, trained.history[:epochs])
+            train_s += time.perf_counter() - t0
+            refit = {"done": True, "epochs": epochs}
+            log(f"sasrec refit on train + validation targets: {epochs} epochs")
+        else:
+            refit = {"done": False, "reason": "time budget"}
     trained.stats = {
+        **({"refit": refit} if refit else {}),
         "train_seconds": round(train_s, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "train_samples": samples,
@@ -169,3 +173,40 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
         "torch_threads": torch.get_num_threads(),
     }
     return trained
+
+
+def _optimizer(model: SASRec, cfg: SASRecConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+
+
+def _run_epoch(model, opt, cfg, seqs, users, rng, lr_scale, holdout) -> tuple[float, int]:
+    model.train()
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * lr_scale
+    losses, samples = [], 0
+    for batch_users in _length_bucketed_batches(users, seqs.lengths, cfg.batch_size, rng):
+        batch = train_batch(seqs, batch_users, cfg.max_history, None, rng, holdout=holdout)
+        targets = torch.from_numpy(batch.targets)
+        hidden = model(torch.from_numpy(batch.history))
+        chosen = targets >= 0
+        loss = F.cross_entropy(model.scores(hidden[chosen]), targets[chosen])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        samples += int(chosen.sum())
+    return float(np.mean(losses)), samples
+
+
+def _refit(n_items: int, cfg: SASRecConfig, seqs: Sequences, history: list[dict]) -> SASRec:
+    """The generator's refit, for SASRec: from scratch, validation targets included, the chosen epochs
+    with the selection run's learning-rate history."""
+    torch.manual_seed(cfg.seed)
+    model = SASRec(n_items, cfg)
+    opt = _optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed + 2)
+    users = np.flatnonzero(seqs.lengths >= 3)
+    for record in history:
+        _run_epoch(model, opt, cfg, seqs, users, rng, record["lr_scale"], holdout=1)
+    model.eval()
+    return model

@@ -111,6 +111,7 @@ class GeneratorConfig(_Section):
     candidates: Literal["beam", "union"] = Field("beam", description="rank the beam's items, or the beam's and the item-level top items together")
     item_text: bool = Field(False, description="item vectors include a projection of the item's text embedding")
     item_ids: bool = Field(False, description="item vectors include a learned per-item embedding (new items get none)")
+    refit_on_valid: bool = Field(False, description="after early stopping, retrain for the chosen epochs with the validation targets as training targets too")
     item_id_dropout: float = Field(0.0, ge=0, lt=1, description="share of training occurrences whose per-item embedding is dropped (new-item robustness)")
     max_train_minutes: float = Field(80.0, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads while training; None = torch's default (1 is faster on a busy machine)")

@@ -139,3 +139,36 @@ def test_cli_train_then_evaluate(data, tmp_path, capsys):
     assert result["split"] == "valid" and result["generator"]["all"]["n"] == 400
     assert "head" not in result["generator"]  # pruned SIDs and no --unpruned-sids: no split, said so
     assert "pass --unpruned-sids" in capsys.readouterr().out
+
+
+NEWCOMER = N_ITEMS - 1  # it79: an item that only ever occurs as the validation and test target
+
+
+def test_refit_learns_from_the_validation_targets():
+    """Training sequences follow next_item and never reach NEWCOMER; every user's last two items (the
+    validation and the test target) are NEWCOMER. Only a model that also trains on the validation
+    targets (the refit) can have learnt that users go there."""
+    table, _, _ = synthetic()
+    rng = np.random.default_rng(3)
+    users, items, seq = [], [], []
+    for u in range(400):
+        chain = [int(rng.integers(N_ITEMS - 1))]
+        while len(chain) < int(rng.integers(4, 8)) and next_item(np.array(chain[-1])) != NEWCOMER:
+            chain.append(int(next_item(np.array(chain[-1]))))
+        chain += [NEWCOMER, NEWCOMER]
+        users += [f"u{u}"] * len(chain)
+        items += [f"it{k}" for k in chain]
+        seq += list(range(len(chain)))
+    m = len(users)
+    inter = pa.table({"user_id": users, "item_id": items, "seq": pa.array(seq, pa.int32()), "timestamp": pa.nulls(m, pa.int64()),
+                      "query": pa.nulls(m, pa.string())}, schema=INTERACTIONS_SCHEMA)
+    vocab = SidVocab.from_sid_table(table)
+    seqs = sequences_from_interactions(inter, vocab)
+    cfg = CFG.model_copy(update={"epochs": 9, "patience": 10, "max_train_minutes": 60.0})
+    plain = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
+    refit = train_generator(seqs, vocab, cfg.model_copy(update={"refit_on_valid": True}), progress=False, log=lambda _: None)
+    assert refit.stats["refit"] == {"done": True, "epochs": refit.best["epoch"]} and "refit" not in plain.stats
+    assert refit.best == plain.best  # the same selection run; its validation figures are kept
+    first = {name: np.mean(evaluate_split(t, seqs, "test")[1][:, 0] == vocab.rows_of(["it79"])[0])
+             for name, t in (("plain", plain), ("refit", refit))}
+    assert first["plain"] < 0.3 < 0.9 < first["refit"], first  # NEWCOMER ranked first for the test

@@ -278,15 +278,16 @@ def _ragged_rows(seqs: Sequences, users: np.ndarray, stop_back, width: int) -> t
 
 def train_batch(
     seqs: Sequences, users: np.ndarray, max_history: int, buckets: np.ndarray | None = None,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | None = None, holdout: int = 2,
 ) -> Batch:
-    """Training windows over each user's training part (all but the last two items): max_history+1
-    items; inputs are the window minus its last item, targets the window shifted by one. The window
-    ends at the training part's end, or, with `rng`, at a random point for parts longer than the
-    window (so every target of a long history is seen over the epochs)."""
-    back = np.full(len(users), 2, dtype=np.int64)
+    """Training windows over each user's training part (all but the last `holdout` items: 2 = the
+    validation and test targets; 1 = only the test target, for a refit on train + validation):
+    max_history+1 items; inputs are the window minus its last item, targets the window shifted by one.
+    The window ends at the training part's end, or, with `rng`, at a random point for parts longer
+    than the window (so every target of a long history is seen over the epochs)."""
+    back = np.full(len(users), holdout, dtype=np.int64)
     if rng is not None:
-        spare = np.maximum(seqs.offsets[users + 1] - 2 - seqs.offsets[users] - (max_history + 1), 0)
+        spare = np.maximum(seqs.offsets[users + 1] - holdout - seqs.offsets[users] - (max_history + 1), 0)
         back += np.floor(rng.random(len(users)) * (spare + 1)).astype(np.int64)
     index, valid, lengths = _ragged_rows(seqs, users, back, max_history + 1)
     window = np.where(valid, seqs.items[index], -1)

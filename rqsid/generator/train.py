@@ -41,6 +41,7 @@ class TrainedGenerator:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    selected_model: GenerativeRetriever | None = None  # after a refit: the early-stopped model it replaced
 
     def buckets(self, seqs: Sequences) -> np.ndarray | None:
         return user_bucket(seqs.user_ids, self.cfg.user_buckets) if self.cfg.user_buckets > 1 else None
@@ -172,25 +173,13 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features) -> TrainedGe
     train_seconds, samples = 0.0, 0
     step = 0
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
         t0 = time.perf_counter()
-        losses = []
-        batches = _length_bucketed_batches(train_users, seqs.lengths, cfg.batch_size, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False)
-        for users in bar:
-            _set_lr(optimizer, cfg, step, lr_scale)
-            loss, n = loss_fn(train_batch(seqs, users, cfg.max_history, buckets, rng))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-            samples += n
-            step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        record = {"epoch": epoch, "lr_scale": lr_scale}
+        record["loss"], n, step = _run_epoch(model, loss_fn, optimizer, cfg, seqs, train_users, buckets, rng, step, lr_scale,
+                                             holdout=2, progress=progress, label=f"epoch {epoch}")
+        samples += n
         train_seconds += time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "elapsed_s": round(time.perf_counter() - started, 1)}
+        record["elapsed_s"] = round(time.perf_counter() - started, 1)
         out_of_time = time.perf_counter() > deadline
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
             t1 = time.perf_counter()
@@ -208,7 +197,6 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features) -> TrainedGe
                 stale += 1
                 if stale % cfg.lr_decay_patience == 0:  # a plateau: halve the learning rate
                     lr_scale *= cfg.lr_decay
-                    record["lr_scale"] = lr_scale
             log(f"epoch {epoch}: loss {record['loss']:.4f}  valid R@10 {metrics['all']['recall@10']:.4f} "
                 f"N@10 {metrics['all']['ndcg@10']:.4f}  ({record['elapsed_s']:.0f}s)")
         trained.history.append(record)
@@ -220,10 +208,61 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features) -> TrainedGe
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    _finish_stats(trained, train_seconds, samples, started)
+    refit = None
+    if cfg.refit_on_valid and trained.best:
+        seconds, refit = _refit(trained, seqs, cfg, item_features_tensor=text, buckets=buckets, deadline=deadline,
+                                epoch_seconds=train_seconds / len(trained.history), progress=progress, log=log)
+        train_seconds += seconds
+    _finish_stats(trained, train_seconds, samples, started, refit)
     if out_dir is not None:
         save_generator(out_dir, trained)
     return trained
+
+
+def _run_epoch(model, loss_fn, optimizer, cfg, seqs, users, buckets, rng, step, lr_scale, holdout, progress, label):
+    """One pass over the users' training windows; returns (mean loss, targets seen, optimiser steps so far)."""
+    model.train()
+    losses, samples = [], 0
+    bar = tqdm(_length_bucketed_batches(users, seqs.lengths, cfg.batch_size, rng), desc=label, disable=not progress, leave=False)
+    for batch_users in bar:
+        _set_lr(optimizer, cfg, step, lr_scale)
+        loss, n = loss_fn(train_batch(seqs, batch_users, cfg.max_history, buckets, rng, holdout=holdout))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        samples += n
+        step += 1
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return float(np.mean(losses)), samples, step
+
+
+def _refit(trained: TrainedGenerator, seqs, cfg, item_features_tensor, buckets, deadline, epoch_seconds, progress, log):
+    """Retrain from scratch with the validation targets as training targets too, for the chosen number
+    of epochs and the same learning-rate history: the served model then learns from each user's most
+    recent interaction as well. Validation figures stay those of the selection run (the refit model has
+    seen the validation targets). Skipped, with a log line, when it would overrun the time budget."""
+    epochs = trained.best["epoch"]
+    if time.perf_counter() + epochs * epoch_seconds * 1.1 > deadline:
+        log(f"refit on train + validation skipped: {epochs} epochs would overrun the time budget")
+        return 0.0, {"done": False, "reason": "time budget"}
+    torch.manual_seed(cfg.seed)
+    model = GenerativeRetriever(trained.vocab, cfg, trained.query_dim, item_features_tensor)
+    masks = depth_masks(trained.trie, trained.vocab.tokens, trained.vocab.vocab_size)
+    loss_fn = _Loss(model, masks, cfg, seqs.query_vectors if cfg.use_query else None)
+    optimizer = _make_optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed + 2)
+    users = np.flatnonzero(seqs.lengths >= 3)  # the training part now ends at the validation target
+    t0, step = time.perf_counter(), 0
+    for record in trained.history[:epochs]:
+        loss, _, step = _run_epoch(model, loss_fn, optimizer, cfg, seqs, users, buckets, rng, step, record["lr_scale"],
+                                   holdout=1, progress=progress, label=f"refit {record['epoch']}/{epochs}")
+    log(f"refit on train + validation targets: {epochs} epochs, loss {loss:.4f}")
+    model.eval()
+    trained.selected_model, trained.model = trained.model, model
+    return time.perf_counter() - t0, {"done": True, "epochs": epochs}
 
 
 def _length_bucketed_batches(users: np.ndarray, lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -253,8 +292,9 @@ def _validation_users(seqs: Sequences, cfg: GeneratorConfig, rng: np.random.Gene
     return np.sort(np.random.default_rng(cfg.seed + 1).choice(seqs.n_users, cfg.valid_users, replace=False))
 
 
-def _finish_stats(trained: TrainedGenerator, train_seconds: float, samples: int, started: float) -> None:
+def _finish_stats(trained: TrainedGenerator, train_seconds: float, samples: int, started: float, refit: dict | None = None) -> None:
     trained.stats = {
+        **({"refit": refit} if refit else {}),
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(time.perf_counter() - started, 1),
         "train_samples": samples,
