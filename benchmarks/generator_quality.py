@@ -132,15 +132,14 @@ def load_inputs(work: Path):
 
     from rqsid.generator.data import SidVocab, sequences_from_interactions
     from rqsid.generator.evaluate import head_item_mask
+    from rqsid.lookup import align_embeddings
     from rqsid.sids import read_sids
 
     table, unpruned = read_sids(work / "sids.parquet"), read_sids(work / "sids_unpruned.parquet")
     vocab = SidVocab.from_sid_table(table)
     seqs = sequences_from_interactions(pq.read_table(work / "interactions.parquet"), vocab)
-    ids = json.loads((work / "item_ids.json").read_text())
-    X = np.load(work / "item_vectors.npy")
-    features = np.zeros((vocab.n_items, X.shape[1]), dtype=np.float32)
-    features[vocab.rows_of(np.asarray(ids, dtype=object))] = X
+    ids = np.asarray(json.loads((work / "item_ids.json").read_text()), dtype=object)
+    features = align_embeddings(vocab.item_ids, ids, np.load(work / "item_vectors.npy"))
     return vocab, seqs, head_item_mask(unpruned, vocab), features
 
 
@@ -151,18 +150,9 @@ def ours_config(args, seed: int, sid_only: bool = False):
     from rqsid.config import load_config, parse_override
 
     overrides = dict(parse_override(s) for s in args.set)
-    if sid_only:  # the generator as it was: SID log-probability alone ranks the beam
-        overrides.update(
-            {
-                "generator.item_loss_weight": 0.0,
-                "generator.rank_mix": 0.0,
-                "generator.candidates": "beam",
-                "generator.item_text": False,
-                "generator.item_ids": False,
-            }
-        )
     overrides.update({"generator.seed": seed, "generator.threads": 1, "generator.max_train_minutes": args.minutes})
-    return load_config(None, overrides).generator
+    config = load_config(None, overrides).generator
+    return config.sid_only() if sid_only else config  # sid-only: the generator as it was, SID log-probability alone
 
 
 def run_job(args) -> dict:

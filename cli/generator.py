@@ -19,6 +19,8 @@ def register(subparsers) -> None:
     )
     _common(train)
     train.add_argument("--out", required=True, type=Path, help="folder for model.pt + meta.json")
+    train.add_argument("--embeddings", type=Path,
+                       help="item embeddings parquet (`rqsid embed`): needed when generator.item_text is on (the default)")
     add_config_flags(train)
     train.set_defaults(func=run_train)
 
@@ -88,7 +90,8 @@ def run_train(args) -> int:
     query = args.catalog is not None and "generator.use_query" not in set_here
     cfg = config_from(args, extra={"generator.use_query": True if query else None})
     vocab, seqs, head = _load_inputs(args, cfg.generator.use_query, cfg.generator.seed, cfg.embed)
-    trained = train_generator(seqs, vocab, cfg.generator, out_dir=args.out, progress=not args.no_progress)
+    features = _item_features(args.embeddings, vocab) if cfg.generator.item_text else None
+    trained = train_generator(seqs, vocab, cfg.generator, out_dir=args.out, progress=not args.no_progress, item_features=features)
     metrics, _ = evaluate_split(trained, seqs, "test", head, progress=not args.no_progress)
     trained.stats["test"] = metrics
     save_generator(args.out, trained)
@@ -96,6 +99,19 @@ def run_train(args) -> int:
     print(f"training {trained.stats['train_seconds']} s, {trained.stats['samples_per_s']} samples/s; saved to {args.out}")
     print(format_table({"generator" + (" (query)" if cfg.generator.use_query else ""): metrics}))
     return 0
+
+
+def _item_features(path: Path | None, vocab):
+    """The items' text embeddings in the SID table's row order (the item-level head composes item vectors from them)."""
+    from rqsid.embed import read_embeddings
+    from rqsid.lookup import align_embeddings
+
+    if path is None:
+        raise RqsidError("generator.item_text is on: pass --embeddings (from `rqsid embed`), or --set generator.item_text=false")
+    if not path.exists():
+        raise RqsidError(f"embeddings file {path} does not exist")
+    ids, X = read_embeddings(path)
+    return align_embeddings(vocab.item_ids, ids, X, str(path))
 
 
 def run_evaluate(args) -> int:

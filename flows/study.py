@@ -207,7 +207,7 @@ class _StudyRun:
                 self._plot("pruning_variants", plot_side_by_side({name: table_report(t) for name, t in variants.items()},
                                                                  self.out_dir / "plots" / "pruning_variants.png",
                                                                  f"{data.name}: SID variants the generator learns (seed 0)"))
-            gcfg = self.cfg.generator.model_copy(update={"seed": seed})
+            gcfg = self.cfg.generator.sid_only().model_copy(update={"seed": seed})  # the SIDs' own worth
             for name, table in variants.items():
                 run, reused = train_variant(name, table, unpruned, data.interactions, interactions_digest, gcfg)
                 self.reused["generators"] += reused

@@ -117,6 +117,13 @@ class GeneratorConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch threads while training; None = torch's default (1 is faster on a busy machine)")
     seed: int = 0
 
+    def sid_only(self) -> GeneratorConfig:
+        """This generator scored by its SIDs alone: no item-level head, so no text and no per-item
+        embeddings. The hourglass study trains this one, since it asks what the SIDs themselves are worth
+        for retrieval (the item-level head would mask differences between SID variants)."""
+        return self.model_copy(update={"item_loss_weight": 0.0, "rank_mix": 0.0, "candidates": "beam", "item_text": False,
+                                       "item_ids": False, "item_id_dropout": 0.0, "refit_on_valid": False})
+
 
 class DriftConfig(_Section):
     max_new_share: float = Field(0.1, ge=0, le=1)
