@@ -12,7 +12,8 @@ from rqsid import RqsidError
 from rqsid.generator.data import SidVocab, sequences_from_interactions
 from rqsid.generator.retriever import Retriever, bind
 from rqsid.generator.train import train_generator
-from rqsid.sids import assign_sids
+from rqsid.index import stable_dedup
+from rqsid.sids import SidTable, assign_sids
 
 HYBRID = CFG.model_copy(
     update={
@@ -80,12 +81,13 @@ def test_unknown_history_items_are_skipped_and_counted_empty_history_is_an_error
 def test_a_newer_table_that_kept_every_sid_serves_new_items_before_any_retrain(trained):
     table, model = trained
     # new items join paths that already collide (so old items keep their dedup tokens, as on the stable
-    # path) and the largest group grows, which adds a dedup token the model has never seen
+    # path, which reuses their dedup numbers) and the largest group grows, which adds a dedup token the model has never seen
     groups, counts = np.unique(table.codes, axis=0, return_counts=True)
     shared = groups[np.argsort(-counts, kind="stable")][: int((counts > 1).sum())]
     new_codes = np.vstack([table.codes, shared[np.arange(12) % len(shared)], np.repeat(shared[:1], 3, axis=0)])
     new_ids = list(table.item_ids) + [f"new{k}" for k in range(15)]
-    newer = assign_sids(new_ids, new_codes, table.level_sizes)
+    prior = np.concatenate([table.dedup, np.full(15, -1)])
+    newer = SidTable(np.array(new_ids, dtype=object), new_codes, stable_dedup(new_codes, prior, new_ids), table.level_sizes)
     assert np.array_equal(newer.dedup[:N_ITEMS], table.dedup) and newer.dedup_size > table.dedup_size
     vocab = SidVocab.from_sid_table(newer)
     served = bind(model, vocab, features(len(new_ids)))
