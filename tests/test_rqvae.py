@@ -25,7 +25,8 @@ def skewed_embeddings(n: int = 2000, dim: int = 48, clusters: int = 60, seed: in
 def small_config(**overrides) -> QuantizerConfig:
     base = dict(
         method="rqvae", levels=3, codebook_size=16, latent_dim=8, hidden_dims=[64, 32], epochs=25,
-        warmup_epochs=3, batch_size=256, lr=3e-3, kmeans_iters=20, early_stop_patience=50, seed=0, threads=1,
+        warmup_epochs=3, batch_size=256, lr=3e-3, lr_schedule="constant", kmeans_iters=20, early_stop_patience=50, seed=0,
+        threads=1, max_items_per_prefix=None,
     )
     return QuantizerConfig(**{**base, **overrides})
 

@@ -135,6 +135,17 @@ def check_codes(codes: Any, levels: int, size: int) -> torch.Tensor:
     return codes
 
 
+def levels_for_catalog(n_items: int, codebook_size: int, min_levels: int, max_items_per_prefix: float | None,
+                       max_levels: int = 8) -> int:
+    """The fewest levels L >= min_levels with n_items <= max_items_per_prefix * codebook_size ** (L - 1)
+    (QuantizerConfig explains the rule); min_levels when max_items_per_prefix is None."""
+    levels = min_levels
+    if max_items_per_prefix is not None:
+        while levels < max_levels and n_items > max_items_per_prefix * codebook_size ** (levels - 1):
+            levels += 1
+    return levels
+
+
 class Tokenizer(ABC):
     """Common interface; subclasses set `kind` and implement the model-specific parts."""
 
@@ -145,6 +156,7 @@ class Tokenizer(ABC):
         self.input_dim: int | None = None
         self.standardiser: Standardiser | None = None
         self.history: list[dict[str, Any]] = []
+        self.code_space: dict[str, Any] = {}  # how fit sized the code space, and on how many items it fitted
 
     @property
     def levels(self) -> int:
@@ -156,6 +168,25 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def fit(self, X: Any, progress: bool = True) -> "Tokenizer": ...
+
+    def _prepare_fit(self, X: Any) -> torch.Tensor:
+        """Size the code space from the catalog (config.levels may grow), draw the fitting sample and fit
+        the standardiser on it; returns the sample, unstandardised."""
+        X = as_matrix(X)
+        cfg = self.config
+        n = X.shape[0]
+        levels = levels_for_catalog(n, cfg.codebook_size, cfg.levels, cfg.max_items_per_prefix)
+        if levels != cfg.levels:
+            self.config = cfg = cfg.model_copy(update={"levels": levels})
+        if cfg.fit_sample is not None and n > cfg.fit_sample:
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.fit_sample]
+            X = X[torch.sort(rows).values]
+        self.code_space = {"n_items": n, "fit_items": X.shape[0], "levels": levels, "codebook_size": cfg.codebook_size,
+                           "max_items_per_prefix": cfg.max_items_per_prefix,
+                           "items_per_prefix": n / cfg.codebook_size ** max(levels - 1, 0)}
+        self.input_dim = X.shape[1]
+        self.standardiser = Standardiser.fit(X)
+        return X
 
     @abstractmethod
     def encode(self, X: Any) -> np.ndarray: ...
@@ -195,6 +226,7 @@ class Tokenizer(ABC):
             "input_dim": self.input_dim,
             "config": self.config.model_dump(),
             "history": self.history,
+            "code_space": self.code_space,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=1))
         return directory
@@ -204,6 +236,7 @@ class Tokenizer(ABC):
         tok = cls(QuantizerConfig.model_validate(meta["config"]))
         tok.input_dim = int(meta["input_dim"])
         tok.history = list(meta.get("history", []))
+        tok.code_space = dict(meta.get("code_space", {}))
         tok.standardiser = Standardiser(state["mean"], state["std"])
         tok._load_state(state)
         return tok
