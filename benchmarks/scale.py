@@ -189,14 +189,15 @@ def prepare_realistic(sizes: list[int], args) -> dict[str, Any]:
     else:
         calibration = calibrate(pool)
         calibration_file.write_text(json.dumps(calibration, indent=1))
-    log(f"realistic embeddings: noise scale {calibration['noise']} (real median nearest-neighbour cosine "
-        f"{calibration['real_median_nn_cos']:.3f})")
-    paths = {n: write_realistic(args.work / f"realistic-{n}.parquet", n, pool, calibration["noise"]) for n in sizes}
+    noise = calibration["noise_max"], calibration["noise_power"]
+    log(f"realistic embeddings: noise s_max {noise[0]}, power {noise[1]} (real nearest-neighbour cosine percentiles "
+        f"{calibration['real_quantiles']})")
+    paths = {n: write_realistic(args.work / f"realistic-{n}.parquet", n, pool, *noise) for n in sizes}
     from rqsid.embed import read_embeddings
 
     rng = np.random.default_rng(2)
     n_real = pool.X.shape[0]
-    same_size = pool.draw(n_real, np.random.default_rng(1), calibration["noise"])
+    same_size = pool.draw(n_real, np.random.default_rng(1), *noise)
     largest = max(sizes)
     _, big = read_embeddings(paths[largest])
     sample = big[np.sort(rng.choice(largest, min(largest, 100_000), replace=False))]
@@ -300,15 +301,17 @@ def markdown(result: dict[str, Any]) -> str:
     real = result.get("realistic")
     if real:
         cal = real["calibration"]
-        grid = ", ".join(f"{r['noise']}: {r['median_nn_cos']:.3f}" for r in cal["grid"])
+        grid = ", ".join(f"({r['noise_max']}, {r['noise_power']}): {' / '.join(f'{q:.3f}' for q in r['quantiles'])}"
+                         for r in cal["grid"])
         shares = "; ".join(f"top {k} components {v['real']:.1%} real vs {v['synthetic']:.1%} synthetic"
                            for k, v in real["variance_share_top"].items())
         nn = "; ".join(f"{label} {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f}" for label, q in real["nn_cos_quantiles"].items())
         notes += [f"How the embeddings were made: each item = normalise(a + u (b - a) + s e), a a real item of the pool "
                   f"({', '.join(f'{k} {v:,}' for k, v in real['pool_sizes'].items())}), b one of its 10 nearest neighbours in "
-                  "its own catalog, u ~ U(0, 1), e ~ N(0, covariance of the differences between real nearest neighbours). "
-                  f"Noise scale s = {cal['noise']}, chosen so that a pool-sized sample has the real pool's median "
-                  f"nearest-neighbour cosine ({cal['real_median_nn_cos']:.3f}); grid s: median = {grid}.",
+                  "its own catalog, u ~ U(0, 1), e ~ N(0, covariance of the differences between real nearest neighbours), "
+                  f"s = s_max v^p with v ~ U(0, 1) per item. (s_max, p) = ({cal['noise_max']}, {cal['noise_power']}), chosen "
+                  "so that a pool-sized sample has the real pool's nearest-neighbour cosine percentiles (10th / 50th / 90th "
+                  f"{' / '.join(f'{q:.3f}' for q in cal['real_quantiles'])}); grid (s_max, p): percentiles = {grid}.",
                   f"Spectrum: {shares}; total variance {real['total_variance']['real']:.3f} real vs "
                   f"{real['total_variance']['synthetic']:.3f} synthetic. Nearest-neighbour cosine (10th / 50th / 90th "
                   f"percentile, 2,000 items): {nn}. Plot: `{real['plot']}`."]

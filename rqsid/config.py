@@ -50,11 +50,15 @@ class QuantizerConfig(_Section):
     lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate over the quantised epochs (cosine: decays towards 0 by the last epoch, for short schedules)")
     commitment_beta: float = Field(0.25, ge=0)
     warmup_epochs: int = Field(5, ge=0, description="plain autoencoder epochs before the codebooks are seeded by k-means")
-    kmeans_iters: int = Field(50, ge=1)
+    kmeans_iters: int = Field(50, ge=1, description="residual k-means: Lloyd iterations per level")
+    codebook_init_iters: int = Field(20, ge=1, description="RQ-VAE: k-means iterations per level that seed the codebooks after the warm-up (training refines them)")
+    # Balanced k-means (rqsid/quantize/kmeans.py): without it deep residual levels collapse onto one
+    # central code on near-isotropic data, and the RQ-VAE's codebooks start (and stay) uneven.
     kmeans_balance: float = Field(0.1, ge=0, description="Sinkhorn temperature of the balanced k-means iterations, relative to the mean squared distance to the nearest centre (larger = more even clusters); 0 = plain Lloyd")
-    kmeans_balanced_iters: int = Field(20, ge=0, description="first k-means iterations (of kmeans_iters) with the balanced assignment; the rest are plain Lloyd")
-    code_usage_weight: float = Field(0.0, ge=0, description="RQ-VAE: weight of the code-usage term, per level 1 - normalised entropy of the batch's average soft code assignment")
+    kmeans_balanced_share: float = Field(0.5, ge=0, le=1, description="share of each k-means run's iterations (the first ones) that assign by the balanced plan; the rest are plain Lloyd")
+    code_usage_weight: float = Field(0.1, ge=0, description="RQ-VAE: weight of the code-usage term, per level 1 - normalised entropy of the batch's average soft code assignment; 0 = off")
     code_usage_temperature: float = Field(0.1, gt=0, description="RQ-VAE: softmax temperature of that soft assignment, relative to the batch's mean squared distance to the nearest code")
+    code_usage_rows: int | None = Field(128, ge=1, description="RQ-VAE: rows of each batch the code-usage term is estimated on (a quarter of the default batch costs a quarter as much); None = the whole batch")
     dead_code_restart: bool = True
     code_split_factor: float | None = Field(None, gt=1, description="RQ-VAE: after each epoch a code used more than this many times its fair share (items / codes) takes over one of the least used codes (placed on one of its items); None = off")
     early_stop_patience: int = Field(10, ge=1, description="epochs without a min_delta gain in reconstruction loss before stopping")

@@ -41,7 +41,7 @@ class ResidualKMeans(Tokenizer):
         for level in tqdm(range(cfg.levels), desc="residual k-means", disable=not progress):
             start = time.perf_counter()
             result = kmeans(residual, cfg.codebook_size, iters=cfg.kmeans_iters, generator=generator,
-                            balance=cfg.kmeans_balance, balanced_iters=cfg.kmeans_balanced_iters)
+                            balance=cfg.kmeans_balance, balanced_iters=round(cfg.kmeans_balanced_share * cfg.kmeans_iters))
             residual = residual - result.centroids[result.labels]
             codebooks.append(result.centroids)
             self.history.append(

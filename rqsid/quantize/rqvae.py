@@ -57,9 +57,10 @@ class RQVAEModule(nn.Module):
         self.decoder = _mlp([latent_dim, *reversed(hidden_dims), input_dim])
         self.codebooks = nn.Parameter(torch.zeros(levels, size, latent_dim))
 
-    def quantise(self, z: torch.Tensor, usage_temperature: float = 0.0) -> "Quantised":
+    def quantise(self, z: torch.Tensor, usage_temperature: float = 0.0, usage_rows: int | None = None) -> "Quantised":
         """Greedy residual quantisation with the losses for training; residuals kept for restarts.
-        With usage_temperature > 0 the code-usage deficit of every level is computed too (with gradients)."""
+        With usage_temperature > 0 the code-usage deficit of every level is computed too (with gradients),
+        on the first usage_rows rows (None = all; training batches are shuffled)."""
         levels = self.codebooks.shape[0]
         codes = []
         residuals = torch.empty(z.shape[0], levels, z.shape[1])
@@ -68,11 +69,13 @@ class RQVAEModule(nn.Module):
         residual = z
         for level in range(levels):
             book = self.codebooks[level]
-            with torch.set_grad_enabled(usage_temperature > 0 and torch.is_grad_enabled()):
+            with torch.no_grad():
                 dist = (residual * residual).sum(1, keepdim=True) - 2 * residual @ book.T + (book * book).sum(1)
-            codes.append(dist.detach().argmin(1))
-            if usage_temperature > 0:
-                usage_deficit = usage_deficit + code_usage_deficit(dist, usage_temperature)
+            codes.append(dist.argmin(1))
+            if usage_temperature > 0:  # recomputed with gradients on the sample only: its backward pass is the cost
+                sample = residual[:usage_rows]
+                sample_dist = (sample * sample).sum(1, keepdim=True) - 2 * sample @ book.T + (book * book).sum(1)
+                usage_deficit = usage_deficit + code_usage_deficit(sample_dist, usage_temperature)
             chosen = book[codes[level]]
             codebook_loss = codebook_loss + F.mse_loss(chosen, residual.detach())
             commitment = commitment + F.mse_loss(residual, chosen.detach())
@@ -158,10 +161,11 @@ class RQVAE(Tokenizer):
 
     @torch.no_grad()
     def _init_codebooks(self, Xs: torch.Tensor, generator: torch.Generator) -> None:
+        cfg = self.config
         residual = self._latents(Xs)
-        for level in range(self.config.levels):
-            result = kmeans(residual, self.config.codebook_size, iters=self.config.kmeans_iters, generator=generator,
-                            balance=self.config.kmeans_balance, balanced_iters=self.config.kmeans_balanced_iters)
+        for level in range(cfg.levels):
+            result = kmeans(residual, cfg.codebook_size, iters=cfg.codebook_init_iters, generator=generator,
+                            balance=cfg.kmeans_balance, balanced_iters=round(cfg.kmeans_balanced_share * cfg.codebook_init_iters))
             self.model.codebooks[level] = result.centroids
             residual = residual - result.centroids[result.labels]
 
@@ -204,7 +208,7 @@ class RQVAE(Tokenizer):
             x = Xs[rows]
             z = model.encoder(x)
             if quantised:
-                q = model.quantise(z, cfg.code_usage_temperature if cfg.code_usage_weight > 0 else 0.0)
+                q = model.quantise(z, cfg.code_usage_temperature if cfg.code_usage_weight > 0 else 0.0, cfg.code_usage_rows)
                 recon = F.mse_loss(model.decoder(q.latent), x)
                 loss = recon + q.codebook_loss + cfg.commitment_beta * q.commitment + cfg.code_usage_weight * q.usage_deficit
                 parts = (loss, recon, q.codebook_loss, q.commitment)
