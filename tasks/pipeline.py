@@ -385,7 +385,7 @@ def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: 
             tok.save(folder / "model")
             error = tok.reconstruction_error(X)
         return {"embeddings": embeddings.version, "level_sizes": list(tok.codebook_sizes), "recon_error": error,
-                "epochs_run": len(tok.history)}
+                "epochs_run": len(tok.history), "code_space": tok.code_space}
 
     art = store(home).get_or_create("tokenizer", version, build)
     m = art.manifest

@@ -1,18 +1,28 @@
 """RQ-VAE tokenizer (as in TIGER): an MLP autoencoder whose latent is residual-quantised.
 
+The default is one wide hidden layer (512), a 128-d latent and 20 cosine-decayed epochs: it stays
+close to the inputs and reconstructs better than faiss's ResidualQuantizer in less than twice its
+time, where TIGER's deep narrow model (32-d latent) kept only half of Beauty's variance. Alone it
+spent its deeper codes unevenly (Beauty layer-2 Gini 0.45, Scientific 0.76); balanced k-means
+seeding and the code-usage term below make it even (0.2-0.25) at a small cost in reconstruction.
+
 Training, in order:
 1. warm-up: `warmup_epochs` of the plain autoencoder (no quantisation). The codebooks are then
-   seeded by k-means++ on latents that already carry the data's structure; seeded on a random
-   encoder's output they would describe a space the encoder leaves within a few epochs, and many
-   codes would die at once.
-2. codebooks: level l is k-means on the residuals the levels before it leave of the encoder output.
+   seeded on latents that already carry the data's structure; seeded on a random encoder's output
+   they would describe a space the encoder leaves within a few epochs, and many codes would die.
+2. codebooks: level l is k-means (`codebook_init_iters` iterations, the first share of them
+   Sinkhorn-balanced: rqsid.quantize.kmeans) on the residuals the levels before it leave of the
+   encoder output. Plain Lloyd seeded most codes where few items are and left the layers uneven.
 3. quantised training: reconstruction through a straight-through estimator, plus per level a
-   codebook loss ||sg(r_l) - e_l||^2 and a commitment loss beta * ||r_l - sg(e_l)||^2.
+   codebook loss ||sg(r_l) - e_l||^2 and a commitment loss beta * ||r_l - sg(e_l)||^2, plus
+   `code_usage_weight` x the code-usage deficit (1 - normalised entropy of the batch's average soft
+   assignment, per level; on `code_usage_rows` rows of each batch): it keeps the codes evenly used
+   while the encoder and codebooks move.
    After each epoch, codes that no item used in that epoch are re-seeded on residuals of that
-   level drawn with probability proportional to their quantisation error (high-error residuals).
-   With `lr_schedule="cosine"` the learning rate decays over these epochs (towards 0), so a short
-   run (20 epochs, as in the README's recon-first configuration) still ends settled; the default is
-   a constant rate.
+   level drawn with probability proportional to their quantisation error (high-error residuals);
+   optionally (`code_split_factor`) over-full codes are split too.
+   With `lr_schedule="cosine"` the learning rate decays over these epochs (towards 0), so the short
+   run still ends settled.
    Training stops early when the epoch's reconstruction loss has not improved by `min_delta` for
    `patience` epochs, and the best epoch's weights are kept.
 
