@@ -9,7 +9,7 @@ embeddings parquet (the pipeline's input format) under --work and reused by late
 Stages, each timed with its peak RSS (psutil sampling every 20 ms in the process; each catalog size
 runs in its own fresh subprocess, so sizes never share memory): read the embeddings parquet, fit the
 tokenizer with the default configuration (which sizes the code space from the catalog and fits on a
-seeded sample: QuantizerConfig.max_items_per_prefix and fit_sample), SID codes for all items
+seeded sample: QuantizerConfig.levels_up_to_items, items_growth_per_level and fit_sample), SID codes for all items
 (encode), assign_sids (dedup), the distribution report, the distribution gate, and as the pipeline
 does (tasks.pipeline.build_sids) when it fails: adaptive pruning (rqsid.prune.choose_k) and the gate
 again; then the trie build and writing the SID parquet. An index is published only when the last gate
@@ -169,9 +169,10 @@ def run_gates(ids: np.ndarray, X: np.ndarray | None, report: dict, real: bool) -
         norms = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
         embeddings_ok = (len(set(ids)) == len(ids) and X.shape[1] == DIM and bool(np.isfinite(norms).all())
                          and bool(((norms >= 1e-3) & (norms <= 1e3)).all()))
-    layers = report["layers"]
-    distribution_ok = (layers[1]["gini"] <= gate.max_layer2_gini and report["collision_rate"] <= gate.max_collision_rate
-                       and all(layer["utilisation"] >= gate.min_utilisation for layer in layers if layer["n_items"]))
+    present = {layer["level"]: layer for layer in report["layers"] if layer["n_items"]}  # a dropped layer is not checked
+    distribution_ok = ((2 not in present or present[2]["gini"] <= gate.max_layer2_gini)
+                       and report["collision_rate"] <= gate.max_collision_rate
+                       and all(layer["utilisation"] >= gate.min_utilisation for layer in present.values()))
     return bool(embeddings_ok and distribution_ok)
 
 
@@ -262,7 +263,7 @@ def published_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     for res in result["sizes"]:
         space = res.get("code_space") or {}
         rows.append({"items": f"{res['n_items']:,}", "code space": " x ".join(map(str, res["level_sizes"])),
-                     "per_prefix": space.get("items_per_prefix"), "fit_items": space.get("fit_items"),
+                     "fit_items": space.get("fit_items"),
                      "gini": " / ".join(f"{g:.3f}" for g in res["layer_gini"]), "max_share": max(res["max_share"]),
                      "collisions": res["collision_rate"], "gate": _yes(res["gate_before"]),
                      "pruned": ("-" if res["gate_before"] else f"K={res['k']}" + (", layer 2 dropped" if res["dropped"] else "")),
@@ -273,7 +274,7 @@ def published_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 PUBLISHED_COLUMNS = [("items", "items", ""), ("code space (rule)", "code space", ""),
-                     ("items per prefix", "per_prefix", ".3f"), ("fitted on", "fit_items", ",d"),
+                     ("fitted on", "fit_items", ",d"),
                      ("Gini L1 / L2 / ...", "gini", ""), ("max share", "max_share", ".3f"),
                      ("collision rate", "collisions", ".4f"), ("gate", "gate", ""), ("pruning", "pruned", ""),
                      ("gate after pruning", "gate_after", ""), ("published", "published", ""),

@@ -163,6 +163,7 @@ def spectrum_plot(pool: RealPool, synthetic: dict[str, np.ndarray], out: Path, n
     left.semilogy(spectrum(pool.X), lw=2, color="black", label=f"real pool ({pool.X.shape[0]:,})")
     for label, X in synthetic.items():
         left.semilogy(spectrum(X), lw=2, ls="--", label=label)
+    left.set_ylim(bottom=1e-6)  # all-MiniLM-L6-v2 has 2 constant dimensions (variance ~1e-33): off the scale
     left.set_xlabel("principal component")
     left.set_ylabel("variance (eigenvalue of the covariance)")
     left.set_title("Covariance spectrum")

@@ -103,7 +103,7 @@ PEERS = ("faiss ResidualQuantizer", "vector-quantize-pytorch ResidualVQ")
 
 
 def ours(overrides: dict[str, Any], std: Standardiser, epochs: int | None, threads: int):
-    settings = {**overrides, "threads": threads, "levels": LEVELS, "codebook_size": SIZE, "max_items_per_prefix": None}
+    settings = {**overrides, "threads": threads, "levels": LEVELS, "codebook_size": SIZE, "levels_up_to_items": None}
     if epochs is not None and settings.get("method", "rqvae") == "rqvae":
         settings["epochs"] = epochs
     tok = make_tokenizer(QuantizerConfig(**settings))

@@ -29,13 +29,16 @@ class EmbedConfig(_Section):
 
 class QuantizerConfig(_Section):
     method: Literal["rqvae", "rkmeans"] = "rqvae"
-    levels: int = Field(3, ge=1, le=8, description="code levels; with max_items_per_prefix set, the fewest: large catalogs get more")
+    levels: int = Field(3, ge=1, le=8, description="code levels; catalogs above levels_up_to_items get more")
     codebook_size: int = Field(256, ge=2, le=65536)
-    # The code space is sized from the catalog: levels are added (up to 8) until n_items <=
-    # max_items_per_prefix x codebook_size ** (levels - 1), so that the items sharing a prefix of all but
-    # the last level stay few enough for the last level to tell apart. 0.5 keeps 3 x 256 for catalogs up
-    # to 32,768 items (Beauty, Scientific, Sports: TIGER's setting) and gives 4 levels from there to 8.4M.
-    max_items_per_prefix: float | None = Field(0.5, gt=0, description="items per possible prefix of all but the last level that the catalog may reach before a level is added; None = exactly `levels`")
+    # The code space is sized from the catalog: up to levels_up_to_items items keep `levels` levels, and
+    # every further items_growth_per_level-fold growth adds one (up to 8). Measured at 256 codes on real
+    # and realistic embeddings (benchmarks/results/scale_issue15.md): collisions stay near what Beauty
+    # (12,101 items, 3 levels) has, 0.16, with 4 levels at 100k items and 5 at 1M, while 4 levels at 1M
+    # collided for 0.29. So 3 x 256 up to 32,768 items (Beauty, Scientific, Sports: TIGER's setting),
+    # 4 up to 262,144, 5 up to 2.1M, 6 up to 16.8M.
+    levels_up_to_items: int | None = Field(32_768, ge=1, description="largest catalog that keeps `levels` levels; None = always `levels`")
+    items_growth_per_level: float = Field(8.0, gt=1, description="catalog growth (factor) beyond levels_up_to_items that adds one level")
     fit_sample: int | None = Field(65_536, ge=2, description="largest number of items a tokenizer is fitted on (a seeded random sample; codes are still made for every item); None = all")
     # One wide hidden layer, a 128-d latent and a short cosine schedule (the "recon-first" setting of
     # session 2) with balanced k-means codebooks: reconstructs better than faiss's ResidualQuantizer in

@@ -15,7 +15,7 @@ from test_rqvae import skewed_embeddings
 
 
 def rk_config(**overrides) -> QuantizerConfig:
-    base = dict(method="rkmeans", levels=3, codebook_size=32, kmeans_iters=25, seed=0, threads=1, max_items_per_prefix=None)
+    base = dict(method="rkmeans", levels=3, codebook_size=32, kmeans_iters=25, seed=0, threads=1)
     return QuantizerConfig(**{**base, **overrides})
 
 
@@ -86,21 +86,22 @@ def test_too_few_items_for_the_codebook(X):
         make_tokenizer(rk_config()).fit(X[:20], progress=False)
 
 
-@pytest.mark.parametrize("n_items, levels", [(12_101, 3), (32_768, 3), (32_769, 4), (100_000, 4), (1_000_000, 4), (10_000_000, 5)])
+@pytest.mark.parametrize("n_items, levels", [(12_101, 3), (32_768, 3), (32_769, 4), (100_000, 4), (262_144, 4),
+                                              (1_000_000, 5), (10_000_000, 6)])
 def test_the_code_space_grows_with_the_catalog(n_items, levels):
-    assert levels_for_catalog(n_items, 256, 3, 0.5) == levels
-    assert levels_for_catalog(n_items, 256, 3, None) == 3
+    assert levels_for_catalog(n_items, 3, 32_768, 8.0) == levels
+    assert levels_for_catalog(n_items, 3, None, 8.0) == 3
 
 
 def test_a_large_catalog_gets_more_levels_and_the_tokenizer_keeps_them(X, tmp_path):
-    # 3000 items, 16 codes: 2 levels would put 3000 / 16 = 187 items on each level-1 prefix; the rule
-    # (at most 1 item per prefix of all but the last level) asks for 16 ** 3 = 4096 prefixes: 4 levels
-    tok = make_tokenizer(rk_config(codebook_size=16, levels=2, max_items_per_prefix=1.0)).fit(X, progress=False)
-    assert tok.levels == 4 and tok.encode(X).shape == (len(X), 4) and tok.codebook_sizes == [16] * 4
-    assert tok.code_space == {"n_items": 3000, "fit_items": 3000, "levels": 4, "codebook_size": 16,
-                              "max_items_per_prefix": 1.0, "items_per_prefix": 3000 / 16 ** 3}
+    # 3000 items: 2 levels up to 500, then one more per doubling (1000, 2000, 4000): 5 levels
+    tok = make_tokenizer(rk_config(codebook_size=16, levels=2, levels_up_to_items=500, items_growth_per_level=2.0))
+    tok.fit(X, progress=False)
+    assert tok.levels == 5 and tok.encode(X).shape == (len(X), 5) and tok.codebook_sizes == [16] * 5
+    assert tok.code_space == {"n_items": 3000, "fit_items": 3000, "levels": 5, "codebook_size": 16,
+                              "levels_up_to_items": 500, "items_growth_per_level": 2.0}
     loaded = load_tokenizer(tok.save(tmp_path / "rk"))
-    assert loaded.levels == 4 and loaded.code_space == tok.code_space
+    assert loaded.levels == 5 and loaded.code_space == tok.code_space
     assert np.array_equal(loaded.encode(X), tok.encode(X))
 
 

@@ -26,7 +26,7 @@ def small_config(**overrides) -> QuantizerConfig:
     base = dict(
         method="rqvae", levels=3, codebook_size=16, latent_dim=8, hidden_dims=[64, 32], epochs=25,
         warmup_epochs=3, batch_size=256, lr=3e-3, lr_schedule="constant", kmeans_iters=20, early_stop_patience=50, seed=0,
-        threads=1, max_items_per_prefix=None,
+        threads=1,
     )
     return QuantizerConfig(**{**base, **overrides})
 

@@ -135,14 +135,13 @@ def check_codes(codes: Any, levels: int, size: int) -> torch.Tensor:
     return codes
 
 
-def levels_for_catalog(n_items: int, codebook_size: int, min_levels: int, max_items_per_prefix: float | None,
-                       max_levels: int = 8) -> int:
-    """The fewest levels L >= min_levels with n_items <= max_items_per_prefix * codebook_size ** (L - 1)
-    (QuantizerConfig explains the rule); min_levels when max_items_per_prefix is None."""
-    levels = min_levels
-    if max_items_per_prefix is not None:
-        while levels < max_levels and n_items > max_items_per_prefix * codebook_size ** (levels - 1):
-            levels += 1
+def levels_for_catalog(n_items: int, min_levels: int, up_to_items: int | None, growth: float, max_levels: int = 8) -> int:
+    """min_levels for catalogs of up to `up_to_items` items, one more per `growth`-fold growth beyond
+    (QuantizerConfig says why); min_levels when up_to_items is None."""
+    levels, capacity = min_levels, up_to_items
+    while capacity is not None and n_items > capacity and levels < max_levels:
+        levels += 1
+        capacity *= growth
     return levels
 
 
@@ -175,15 +174,14 @@ class Tokenizer(ABC):
         X = as_matrix(X)
         cfg = self.config
         n = X.shape[0]
-        levels = levels_for_catalog(n, cfg.codebook_size, cfg.levels, cfg.max_items_per_prefix)
+        levels = levels_for_catalog(n, cfg.levels, cfg.levels_up_to_items, cfg.items_growth_per_level)
         if levels != cfg.levels:
             self.config = cfg = cfg.model_copy(update={"levels": levels})
         if cfg.fit_sample is not None and n > cfg.fit_sample:
             rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.fit_sample]
             X = X[torch.sort(rows).values]
         self.code_space = {"n_items": n, "fit_items": X.shape[0], "levels": levels, "codebook_size": cfg.codebook_size,
-                           "max_items_per_prefix": cfg.max_items_per_prefix,
-                           "items_per_prefix": n / cfg.codebook_size ** max(levels - 1, 0)}
+                           "levels_up_to_items": cfg.levels_up_to_items, "items_growth_per_level": cfg.items_growth_per_level}
         self.input_dim = X.shape[1]
         self.standardiser = Standardiser.fit(X)
         return X
