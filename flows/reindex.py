@@ -74,7 +74,8 @@ def reindex(
             tok = fit_tokenizer(emb, cfg.quantizer) if refit else published_tokenizer(current)
             stage.compute_s += tok.compute_s
             stage.lineage = {"tokenizer": tok.version}
-            stage.metrics |= {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused)}
+            stage.metrics |= {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused),
+                              "levels": len(tok.level_sizes)}  # the code space is sized from the catalog
             if refit and not tok.reused:
                 recorder.log_file(tok.model_dir, "rqvae")
 

@@ -39,23 +39,41 @@ class EmbedConfig(_Section):
 
 class QuantizerConfig(_Section):
     method: Literal["rqvae", "rkmeans"] = "rqvae"
-    levels: int = Field(3, ge=1, le=8)
+    levels: int = Field(3, ge=1, le=8, description="code levels; catalogs above levels_up_to_items get more")
     codebook_size: int = Field(256, ge=2, le=65536)
-    latent_dim: int = Field(32, ge=2)
-    hidden_dims: list[int] = Field(default_factory=lambda: [512, 256, 128])
-    # TIGER's architecture and a long constant-rate schedule: slower (about 8x faiss on Beauty) and
-    # 1.1x faiss's reconstruction error, but balanced codes (layer-2 Gini 0.25 vs faiss 0.55) and
-    # fewer collisions (0.10 vs 0.19). A wide-latent, short-schedule configuration
-    # reconstructs better than faiss in 1.2-1.7x its time at the cost of that balance (README,
-    # "Choosing the tokenizer"; benchmarks/results/tokenizer_peers_session2.md, "recon-first" row).
-    epochs: int = Field(100, ge=1, description="quantised training epochs (after warmup_epochs)")
-    batch_size: int = Field(256, ge=8)
-    lr: float = Field(2e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over the quantised epochs (cosine: decays towards 0 by the last epoch, for short schedules)")
+    # The code space is sized from the catalog: up to levels_up_to_items items keep `levels` levels, and
+    # every further items_growth_per_level-fold growth adds one (up to 8). Measured at 256 codes on real
+    # and realistic embeddings (benchmarks/results/scale_issue15.md): collisions stay near what Beauty
+    # (12,101 items, 3 levels) has, 0.16, with 4 levels at 100k items and 5 at 1M, while 4 levels at 1M
+    # collided for 0.29. So 3 x 256 up to 32,768 items (Beauty, Scientific, Sports: TIGER's setting),
+    # 4 up to 262,144, 5 up to 2.1M, 6 up to 16.8M.
+    levels_up_to_items: int | None = Field(32_768, ge=1, description="largest catalog that keeps `levels` levels; None = always `levels`")
+    items_growth_per_level: float = Field(8.0, gt=1, description="catalog growth (factor) beyond levels_up_to_items that adds one level")
+    fit_sample: int | None = Field(65_536, ge=2, description="largest number of items a tokenizer is fitted on (a seeded random sample; codes are still made for every item); None = all")
+    # One wide hidden layer, a 128-d latent and a short cosine schedule (the "recon-first" setting of
+    # session 2) with balanced k-means codebooks: reconstructs better than faiss's ResidualQuantizer in
+    # less of its CPU time and spends codes evenly (benchmarks/results/tokenizer_peers_issue15.md). TIGER's
+    # deep narrow model (hidden [512, 256, 128], latent 32, 100 constant-rate epochs) was balanced too
+    # but 8x slower and 10 % worse at reconstruction (README, "Choosing the tokenizer").
+    latent_dim: int = Field(128, ge=2)
+    hidden_dims: list[int] = Field(default_factory=lambda: [512])
+    epochs: int = Field(20, ge=1, description="quantised training epochs (after warmup_epochs)")
+    batch_size: int = Field(512, ge=8)
+    lr: float = Field(7e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="learning rate over the quantised epochs (cosine: decays towards 0 by the last epoch, for short schedules)")
     commitment_beta: float = Field(0.25, ge=0)
     warmup_epochs: int = Field(5, ge=0, description="plain autoencoder epochs before the codebooks are seeded by k-means")
-    kmeans_iters: int = Field(50, ge=1)
+    kmeans_iters: int = Field(50, ge=1, description="residual k-means: Lloyd iterations per level")
+    codebook_init_iters: int = Field(20, ge=1, description="RQ-VAE: k-means iterations per level that seed the codebooks after the warm-up (training refines them)")
+    # Balanced k-means (rqsid/quantize/kmeans.py): without it deep residual levels collapse onto one
+    # central code on near-isotropic data, and the RQ-VAE's codebooks start (and stay) uneven.
+    kmeans_balance: float = Field(0.1, ge=0, description="Sinkhorn temperature of the balanced k-means iterations, relative to the mean squared distance to the nearest centre (larger = more even clusters); 0 = plain Lloyd")
+    kmeans_balanced_share: float = Field(0.5, ge=0, le=1, description="share of each k-means run's iterations (the first ones) that assign by the balanced plan; the rest are plain Lloyd")
+    code_usage_weight: float = Field(0.1, ge=0, description="RQ-VAE: weight of the code-usage term, per level 1 - normalised entropy of the batch's average soft code assignment; 0 = off")
+    code_usage_temperature: float = Field(0.1, gt=0, description="RQ-VAE: softmax temperature of that soft assignment, relative to the batch's mean squared distance to the nearest code")
+    code_usage_rows: int | None = Field(128, ge=1, description="RQ-VAE: rows of each batch the code-usage term is estimated on (a quarter of the default batch costs a quarter as much); None = the whole batch")
     dead_code_restart: bool = True
+    code_split_factor: float | None = Field(None, gt=1, description="RQ-VAE: after each epoch a code used more than this many times its fair share (items / codes) takes over one of the least used codes (placed on one of its items); None = off")
     early_stop_patience: int = Field(10, ge=1, description="epochs without a min_delta gain in reconstruction loss before stopping")
     early_stop_min_delta: float = Field(1e-4, ge=0)
     seed: int = 0

@@ -48,17 +48,31 @@ def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: 
             tok = make_tokenizer(config).fit(X)
             tok.save(folder / "model")
             error = tok.reconstruction_error(X)
-        return {"embeddings": embeddings.version, "level_sizes": list(tok.codebook_sizes), "recon_error": error,
-                "epochs_run": len(tok.history)}
+        return {
+            "embeddings": embeddings.version,
+            "level_sizes": list(tok.codebook_sizes),
+            "recon_error": error,
+            "epochs_run": len(tok.history),
+            "code_space": tok.code_space,
+        }
 
     art = store(home).get_or_create("tokenizer", version, build)
     m = art.manifest
-    return TokenizerVersion(version, art.path, m["level_sizes"], m["recon_error"], True, art.reused, watch.compute_s,
-                            art.path / "model")
+    return TokenizerVersion(
+        version, art.path, m["level_sizes"], m["recon_error"], True, art.reused, watch.compute_s, art.path / "model"
+    )
 
 
 def published_tokenizer(index_dir: Path) -> TokenizerVersion:
     """The tokenizer an index was built with (a copy is kept inside the index version)."""
     manifest = index_manifest(index_dir)
-    return TokenizerVersion(manifest["versions"]["tokenizer"], index_dir, manifest["level_sizes"],
-                            manifest["recon_error"], False, True, 0.0, index_dir / "tokenizer")
+    return TokenizerVersion(
+        manifest["versions"]["tokenizer"],
+        index_dir,
+        manifest["level_sizes"],
+        manifest["recon_error"],
+        False,
+        True,
+        0.0,
+        index_dir / "tokenizer",
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rqsid import RqsidError
-from rqsid.quantize.kmeans import kmeans, kmeans_plus_plus, nearest_centroid
+from rqsid.quantize.kmeans import balanced_assign, kmeans, kmeans_plus_plus, nearest_centroid
 
 
 def skewed_blobs(n_blobs: int = 25, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,3 +92,59 @@ def test_chunked_assignment_matches_brute_force(monkeypatch):
     brute = torch.cdist(X, C) ** 2
     assert torch.equal(labels, brute.argmin(1))
     assert torch.allclose(sq, brute.min(1).values, atol=1e-3)
+
+
+def residual_levels(X: torch.Tensor, k: int, levels: int = 3, **balance) -> list:
+    """Residual k-means by hand: the KMeansResult of every level."""
+    generator, results = torch.Generator().manual_seed(0), []
+    for _ in range(levels):
+        results.append(kmeans(X, k, iters=50, generator=generator, **balance))
+        X = X - results[-1].centroids[results[-1].labels]
+    return results
+
+
+@pytest.fixture(scope="module")
+def isotropic() -> torch.Tensor:
+    """Near-isotropic points, few per cluster (1500 in 96-d, k=64): like the residuals of deep levels."""
+    return torch.randn(1500, 96, generator=torch.Generator().manual_seed(0))
+
+
+def test_plain_lloyd_collapses_on_isotropic_residuals_so_the_balance_test_can_tell(isotropic):
+    from rqsid.metrics import gini
+
+    last = residual_levels(isotropic, 64)[-1]
+    assert gini(last.counts.numpy()) > 0.7 and last.counts.max() > 0.25 * len(isotropic)
+
+
+def test_balanced_iterations_keep_every_residual_level_flat_and_lower_the_error(isotropic):
+    from rqsid.metrics import gini
+
+    plain = residual_levels(isotropic, 64)
+    balanced = residual_levels(isotropic, 64, balance=0.1, balanced_iters=20)
+    for result in balanced:
+        assert gini(result.counts.numpy()) < 0.15
+        assert result.counts.max() < 3 * len(isotropic) / 64  # no code holds more than 3x its share
+    assert balanced[-1].inertia < plain[-1].inertia  # a collapsed level wastes codes: balance costs nothing here
+
+
+def test_balanced_assignment_evens_out_a_skewed_nearest_assignment_as_its_prices_warm_up():
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(2000, 8, generator=g)
+    centroids = torch.cat([torch.zeros(1, 8), 3.0 * torch.randn(15, 8, generator=g)])  # the centre at 0 is nearest to most
+    nearest, _ = nearest_centroid(X, centroids)
+    assert torch.bincount(nearest, minlength=16).max() > 0.9 * len(X)
+    log_prices, largest = torch.zeros(16), []
+    for _ in range(6):  # k-means carries the prices from one iteration to the next
+        labels, sq = balanced_assign(X, centroids, log_prices, temperature=0.1)
+        largest.append(int(torch.bincount(labels, minlength=16).max()))
+    assert all(a > b for a, b in zip(largest, largest[1:], strict=False)) and largest[-1] < 2 * len(X) / 16
+    assert torch.bincount(labels, minlength=16).min() > 0
+    assert torch.allclose(sq, ((X - centroids[labels]) ** 2).sum(1), rtol=1e-4, atol=1e-3)
+
+
+def test_balanced_kmeans_returns_nearest_centre_labels_and_keeps_well_separated_blobs():
+    X, blob = skewed_blobs()
+    result = kmeans(X, 25, iters=30, seed=0, balance=0.1, balanced_iters=30)  # balanced to the last update
+    assert torch.equal(result.labels, nearest_centroid(X, result.centroids)[0])
+    pairs = torch.unique(torch.stack([result.labels, blob], 1), dim=0)
+    assert len(pairs) == 25  # balance does not split real clusters that are far apart

@@ -11,6 +11,7 @@ from test_rqvae import skewed_embeddings
 from rqsid import RqsidError
 from rqsid.config import QuantizerConfig
 from rqsid.quantize import RQVAE, ResidualKMeans, load_tokenizer, make_tokenizer
+from rqsid.quantize.base import levels_for_catalog
 
 
 def rk_config(**overrides) -> QuantizerConfig:
@@ -83,3 +84,54 @@ def test_loading_something_else_is_a_user_error(tmp_path):
 def test_too_few_items_for_the_codebook(X):
     with pytest.raises(RqsidError, match="20 points but 32 clusters"):
         make_tokenizer(rk_config()).fit(X[:20], progress=False)
+
+
+@pytest.mark.parametrize(
+    "n_items, levels", [(12_101, 3), (32_768, 3), (32_769, 4), (100_000, 4), (262_144, 4), (1_000_000, 5), (10_000_000, 6)]
+)
+def test_the_code_space_grows_with_the_catalog(n_items, levels):
+    assert levels_for_catalog(n_items, 3, 32_768, 8.0) == levels
+    assert levels_for_catalog(n_items, 3, None, 8.0) == 3
+
+
+def test_a_large_catalog_gets_more_levels_and_the_tokenizer_keeps_them(X, tmp_path):
+    # 3000 items: 2 levels up to 500, then one more per doubling (1000, 2000, 4000): 5 levels
+    tok = make_tokenizer(rk_config(codebook_size=16, levels=2, levels_up_to_items=500, items_growth_per_level=2.0))
+    tok.fit(X, progress=False)
+    assert tok.levels == 5 and tok.encode(X).shape == (len(X), 5) and tok.codebook_sizes == [16] * 5
+    assert tok.code_space == {
+        "n_items": 3000,
+        "fit_items": 3000,
+        "levels": 5,
+        "codebook_size": 16,
+        "levels_up_to_items": 500,
+        "items_growth_per_level": 2.0,
+    }
+    loaded = load_tokenizer(tok.save(tmp_path / "rk"))
+    assert loaded.levels == 5 and loaded.code_space == tok.code_space
+    assert np.array_equal(loaded.encode(X), tok.encode(X))
+
+
+def test_fitting_on_a_sample_still_encodes_every_item(X):
+    tok = make_tokenizer(rk_config(fit_sample=1000)).fit(X, progress=False)
+    assert tok.code_space["fit_items"] == 1000 and tok.code_space["n_items"] == 3000
+    assert not np.allclose(tok.standardiser.mean.numpy(), X.mean(0))  # standardised with the sample's statistics
+    assert tok.encode(X).shape == (3000, 3)
+    again = make_tokenizer(rk_config(fit_sample=1000)).fit(X, progress=False)
+    assert np.array_equal(again.encode(X), tok.encode(X))  # the sample is drawn from the seed
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian"])
+def test_near_isotropic_inputs_give_flat_levels_where_plain_lloyd_collapsed(kind):
+    """The study's controls in small: on uniform or Gaussian inputs every level stays flat (Gini < 0.3),
+    which plain Lloyd from k-means++ seeds (kmeans_balance=0, the session-2 tokenizer) did not do."""
+    from rqsid.metrics import distribution_report
+
+    X = np.random.default_rng(0).standard_normal((1500, 96)).astype(np.float32)
+    if kind == "uniform":
+        X /= np.linalg.norm(X, axis=1, keepdims=True)
+    layers = lambda tok: distribution_report(tok.encode(X), tok.codebook_sizes)["layers"]  # noqa: E731
+    balanced = layers(make_tokenizer(rk_config(codebook_size=64, kmeans_iters=50)).fit(X, progress=False))
+    plain = layers(make_tokenizer(rk_config(codebook_size=64, kmeans_iters=50, kmeans_balance=0.0)).fit(X, progress=False))
+    assert all(layer["gini"] < 0.3 and layer["max_share"] < 3 / 64 for layer in balanced)
+    assert plain[-1]["gini"] > 0.6 and plain[-1]["max_share"] > 3 / 64

@@ -24,8 +24,20 @@ def skewed_embeddings(n: int = 2000, dim: int = 48, clusters: int = 60, seed: in
 
 def small_config(**overrides) -> QuantizerConfig:
     base = dict(
-        method="rqvae", levels=3, codebook_size=16, latent_dim=8, hidden_dims=[64, 32], epochs=25,
-        warmup_epochs=3, batch_size=256, lr=3e-3, kmeans_iters=20, early_stop_patience=50, seed=0, threads=1,
+        method="rqvae",
+        levels=3,
+        codebook_size=16,
+        latent_dim=8,
+        hidden_dims=[64, 32],
+        epochs=25,
+        warmup_epochs=3,
+        batch_size=256,
+        lr=3e-3,
+        lr_schedule="constant",
+        kmeans_iters=20,
+        early_stop_patience=50,
+        seed=0,
+        threads=1,
     )
     return QuantizerConfig(**{**base, **overrides})
 
@@ -158,3 +170,33 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_quantised_epochs(X):
     constant = make_tokenizer(small_config(epochs=3)).fit(X, progress=False)
     assert {h["lr"] for h in constant.history} == {3e-3}
     assert tok.reconstruction_error(X) < 0.7 * mean_baseline_error(X)
+
+
+def layer_report(tok, X: np.ndarray) -> list[dict]:
+    from rqsid.metrics import distribution_report
+
+    return distribution_report(tok.encode(X), tok.codebook_sizes)["layers"]
+
+
+def test_balanced_codebook_seeding_spreads_the_first_level(X):
+    plain = layer_report(make_tokenizer(small_config(kmeans_balance=0.0, code_usage_weight=0.0)).fit(X, progress=False), X)
+    balanced = layer_report(make_tokenizer(small_config(kmeans_balance=0.1, code_usage_weight=0.0)).fit(X, progress=False), X)
+    assert plain[0]["max_share"] > 0.2 and balanced[0]["max_share"] < 0.15  # 1/16 = 0.0625 is even
+    assert balanced[0]["gini"] < plain[0]["gini"] - 0.05
+
+
+def test_the_code_usage_term_flattens_the_deeper_levels_at_little_cost(X):
+    without = make_tokenizer(small_config(kmeans_balance=0.1, code_usage_weight=0.0)).fit(X, progress=False)
+    with_term = make_tokenizer(small_config(kmeans_balance=0.1, code_usage_weight=0.1)).fit(X, progress=False)
+    before, after = layer_report(without, X), layer_report(with_term, X)
+    assert before[1]["gini"] > 0.25 and all(layer["gini"] < 0.2 for layer in after)
+    assert with_term.reconstruction_error(X) < 1.05 * without.reconstruction_error(X)
+
+
+def test_over_full_codes_are_split_onto_their_own_items(X):
+    plain_config = dict(kmeans_balance=0.0, code_usage_weight=0.0)
+    tok = make_tokenizer(small_config(**plain_config, code_split_factor=2.0)).fit(X, progress=False)
+    train = [h for h in tok.history if h["phase"] == "train"]
+    assert sum(map(sum, (h["split"] for h in train))) > 0 and train[-1]["split"] == [0, 0, 0]  # none after the last epoch
+    plain = layer_report(make_tokenizer(small_config(**plain_config)).fit(X, progress=False), X)
+    assert layer_report(tok, X)[1]["gini"] < plain[1]["gini"] - 0.05

@@ -107,8 +107,9 @@ def residual_assign(residual: torch.Tensor, codebooks: torch.Tensor) -> tuple[to
     return codes, residual
 
 
-def encode_in_chunks(X: torch.Tensor, encode_block: Callable[[torch.Tensor], torch.Tensor],
-                     chunk: int | None = None) -> np.ndarray:
+def encode_in_chunks(
+    X: torch.Tensor, encode_block: Callable[[torch.Tensor], torch.Tensor], chunk: int | None = None
+) -> np.ndarray:
     """int64 codes (n, L) of X, `encode_block` applied to one row block at a time (no full-size copies of X)."""
     chunk = chunk or ENCODE_CHUNK
     parts = [encode_block(X[start : start + chunk]) for start in range(0, X.shape[0], chunk)]
@@ -135,6 +136,16 @@ def check_codes(codes: Any, levels: int, size: int) -> torch.Tensor:
     return codes
 
 
+def levels_for_catalog(n_items: int, min_levels: int, up_to_items: int | None, growth: float, max_levels: int = 8) -> int:
+    """min_levels for catalogs of up to `up_to_items` items, one more per `growth`-fold growth beyond
+    (QuantizerConfig says why); min_levels when up_to_items is None."""
+    levels, capacity = min_levels, up_to_items
+    while capacity is not None and n_items > capacity and levels < max_levels:
+        levels += 1
+        capacity *= growth
+    return levels
+
+
 class Tokenizer(ABC):
     """Common interface; subclasses set `kind` and implement the model-specific parts."""
 
@@ -145,6 +156,7 @@ class Tokenizer(ABC):
         self.input_dim: int | None = None
         self.standardiser: Standardiser | None = None
         self.history: list[dict[str, Any]] = []
+        self.code_space: dict[str, Any] = {}  # how fit sized the code space, and on how many items it fitted
 
     @property
     def levels(self) -> int:
@@ -156,6 +168,30 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def fit(self, X: Any, progress: bool = True) -> "Tokenizer": ...
+
+    def _prepare_fit(self, X: Any) -> torch.Tensor:
+        """Size the code space from the catalog (config.levels may grow), draw the fitting sample and fit
+        the standardiser on it; returns the sample, unstandardised."""
+        X = as_matrix(X)
+        cfg = self.config
+        n = X.shape[0]
+        levels = levels_for_catalog(n, cfg.levels, cfg.levels_up_to_items, cfg.items_growth_per_level)
+        if levels != cfg.levels:
+            self.config = cfg = cfg.model_copy(update={"levels": levels})
+        if cfg.fit_sample is not None and n > cfg.fit_sample:
+            rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.fit_sample]
+            X = X[torch.sort(rows).values]
+        self.code_space = {
+            "n_items": n,
+            "fit_items": X.shape[0],
+            "levels": levels,
+            "codebook_size": cfg.codebook_size,
+            "levels_up_to_items": cfg.levels_up_to_items,
+            "items_growth_per_level": cfg.items_growth_per_level,
+        }
+        self.input_dim = X.shape[1]
+        self.standardiser = Standardiser.fit(X)
+        return X
 
     @abstractmethod
     def encode(self, X: Any) -> np.ndarray: ...
@@ -195,6 +231,7 @@ class Tokenizer(ABC):
             "input_dim": self.input_dim,
             "config": self.config.model_dump(),
             "history": self.history,
+            "code_space": self.code_space,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=1))
         return directory
@@ -204,6 +241,7 @@ class Tokenizer(ABC):
         tok = cls(QuantizerConfig.model_validate(meta["config"]))
         tok.input_dim = int(meta["input_dim"])
         tok.history = list(meta.get("history", []))
+        tok.code_space = dict(meta.get("code_space", {}))
         tok.standardiser = Standardiser(state["mean"], state["std"])
         tok._load_state(state)
         return tok

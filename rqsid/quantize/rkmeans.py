@@ -1,8 +1,9 @@
 """Residual k-means: the no-training baseline tokenizer.
 
 Works in the standardised input space itself (no PCA, no encoder): level 1 clusters the
-standardised embeddings, level l clusters what levels 1..l-1 left over. Encoding is the same greedy
-residual assignment, so codes are exactly what fit saw.
+standardised embeddings, level l clusters what levels 1..l-1 left over, each by k-means whose first
+iterations are balanced (rqsid.quantize.kmeans: plain Lloyd collapses on the near-isotropic residuals of
+deep levels). Encoding is the same greedy residual assignment, so codes are exactly what fit saw.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rqsid.quantize.base import Standardiser, fit_context, torch_threads, Tokenizer, as_matrix, check_codes, encode_in_chunks, residual_assign, sum_codewords
+from rqsid.quantize.base import (
+    Tokenizer,
+    as_matrix,
+    check_codes,
+    encode_in_chunks,
+    fit_context,
+    residual_assign,
+    sum_codewords,
+    torch_threads,
+)
 from rqsid.quantize.kmeans import kmeans
 
 
@@ -26,10 +36,8 @@ class ResidualKMeans(Tokenizer):
         self.codebooks: torch.Tensor | None = None  # (L, K, d) in standardised space
 
     def fit(self, X: Any, progress: bool = True) -> "ResidualKMeans":
-        X = as_matrix(X)
+        X = self._prepare_fit(X)
         cfg = self.config
-        self.input_dim = X.shape[1]
-        self.standardiser = Standardiser.fit(X)
         residual = self.standardiser.forward(X)
         with fit_context(cfg.seed, cfg.threads):
             self.codebooks = self._fit_levels(residual, progress)
@@ -41,7 +49,14 @@ class ResidualKMeans(Tokenizer):
         codebooks, self.history = [], []
         for level in tqdm(range(cfg.levels), desc="residual k-means", disable=not progress):
             start = time.perf_counter()
-            result = kmeans(residual, cfg.codebook_size, iters=cfg.kmeans_iters, generator=generator)
+            result = kmeans(
+                residual,
+                cfg.codebook_size,
+                iters=cfg.kmeans_iters,
+                generator=generator,
+                balance=cfg.kmeans_balance,
+                balanced_iters=round(cfg.kmeans_balanced_share * cfg.kmeans_iters),
+            )
             residual = residual - result.centroids[result.labels]
             codebooks.append(result.centroids)
             self.history.append(
