@@ -8,6 +8,9 @@ writes them; `IndexSnapshot.load` reads what a later re-index needs back.
 Stable SIDs: while the published tokenizer is reused, unchanged items keep their codes (`carry_codes`),
 the published pruning and their dedup numbers (`stable_dedup`, `stable_table`), and
 `changed_sid_count` says how many SIDs moved anyway.
+
+What a served generator needs of an index besides its SIDs: its items' text embeddings
+(`item_embeddings`) and titles (`item_titles`), in SID-table row order.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import pyarrow.parquet as pq
 
 from rqsid import RqsidError
 from rqsid.drift import apply_removed_tokens
+from rqsid.embed import read_embeddings
 from rqsid.jsonio import read_json, write_json
-from rqsid.lookup import positions
+from rqsid.lookup import align_embeddings, positions
 from rqsid.sids import SidTable, assign_sids, read_sids, write_sids
 from rqsid.trie import SidTrie
+from rqsid.versioning import VersionStore
 
 MANIFEST = "manifest.json"
 
@@ -204,3 +209,24 @@ def changed_sid_count(prev_ids, prev_tokens: np.ndarray, ids, tokens: np.ndarray
     b = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=-1)[both]
     changed = int((a != b).any(axis=1).sum())
     return {"items_in_both": len(both), "sids_changed": changed, "sids_kept": len(both) - changed}
+
+
+# ---------------------------------------------------------------- what a served model needs of an index
+
+
+def item_embeddings(index_dir: Path, store: VersionStore) -> np.ndarray:
+    """The text embeddings of the index's items (its embeddings version), in its SID table's row order:
+    the item features of a generator that composes item vectors from text."""
+    version = index_manifest(index_dir)["versions"]["embeddings"]
+    path = store.get("embeddings", version).path / "embeddings.parquet"
+    emb_ids, X = read_embeddings(path)
+    return align_embeddings(read_index_sids(index_dir).item_ids, emb_ids, X, str(path))
+
+
+def item_titles(index_dir: Path, store: VersionStore) -> np.ndarray:
+    """The titles of the index's items (from the catalog version it was built from), in SID-table row order."""
+    catalog = pq.read_table(store.get("catalog", index_manifest(index_dir)["versions"]["catalog"]).path / "catalog.parquet",
+                            columns=["item_id", "title"])
+    titles = np.asarray(catalog.column("title").to_pylist(), dtype=object)
+    rows = positions(read_index_sids(index_dir).item_ids, catalog.column("item_id").to_numpy(zero_copy_only=False))
+    return np.where(rows >= 0, titles[np.maximum(rows, 0)], "")

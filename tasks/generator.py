@@ -13,7 +13,7 @@ from rqsid import RqsidError
 from rqsid.catalog import read_interactions, validate_interactions, write_interactions, write_quarantine
 from rqsid.config import GeneratorConfig
 from rqsid.home import ProjectHome
-from rqsid.index import IndexSnapshot, index_manifest, read_index_sids
+from rqsid.index import IndexSnapshot, index_manifest, item_embeddings, read_index_sids
 from rqsid.jsonio import read_json, write_json_atomic
 from rqsid.sources import read_interactions_source
 from rqsid.versioning import file_digest, version_id
@@ -87,7 +87,9 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
         with watch.compute():
             vocab = SidVocab.from_sid_table(read_index_sids(index_dir))
             seqs = sequences_from_interactions(read_interactions(interactions_file), vocab)
-            trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info)
+            # item vectors from text: the embeddings of the index's embeddings version, in SID-table row order
+            features = item_embeddings(index_dir, store(home)) if config.item_text else None
+            trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info, item_features=features)
             head = head_item_mask(IndexSnapshot.load(index_dir).unpruned(), vocab)
             metrics = {split: evaluate_split(trained, seqs, split, head)[0] for split in ("valid", "test")}
         return {"index": Path(index_dir).name, "interactions": str(interactions_file), "metrics": metrics,
