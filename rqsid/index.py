@@ -160,11 +160,19 @@ def carry_codes(prev_codes: np.ndarray, delta: ItemDelta, new_codes: np.ndarray)
     return codes
 
 
+KEEP_NO_DEDUP = -2  # `prior` of an item that was alone on the same path: it keeps its SID without a dedup token
+
+
 def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """Dedup tokens for items that share their whole kept code path, reusing `prior` (an item's dedup
-    token in the previous version, -1 if none or if its path changed) wherever it is still free within
-    the item's collision group; the others get the smallest free numbers in item order. Unique items
-    get -1, as in `rqsid.sids`."""
+    token in the previous version; -1 if new or if its path changed; KEEP_NO_DEDUP if it had the path to
+    itself) wherever it is still free within the item's collision group; the others get the smallest free
+    numbers in item order. Unique items get -1, as in `rqsid.sids`.
+
+    An item that had its path to itself keeps its SID (no dedup token) when new items join the path: the
+    newcomers take the dedup tokens. Every old SID then survives a re-index that only adds items, so a
+    generator trained on yesterday's index can serve today's (`rqsid.generator.retriever.bind`); its SID
+    and theirs differ by the dedup token before the end token."""
     n = len(kept_codes)
     dedup = np.full(n, -1, dtype=np.int64)
     if n == 0:
@@ -182,9 +190,11 @@ def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray) -> np.ndarray:
             if token >= 0 and token not in taken and token < len(members):
                 dedup[members[pos]] = token
                 taken.add(int(token))
+        alone_before = members[wanted == KEEP_NO_DEDUP][:1]  # (two such items cannot share a path)
         free = iter(t for t in range(len(members)) if t not in taken)
         for m in members[dedup[members] < 0]:
-            dedup[m] = next(free)
+            if m not in alone_before:
+                dedup[m] = next(free)
     return dedup
 
 
@@ -196,7 +206,8 @@ def stable_table(ids: np.ndarray, codes: np.ndarray, sizes: list[int], base: Ind
     same_path = present.copy()
     same_path[present] = (base.sids.codes[prev_row[present]] == kept[present]).all(axis=1)
     prior = np.full(len(ids), -1, dtype=np.int64)
-    prior[same_path] = base.sids.dedup[prev_row[same_path]]
+    before = base.sids.dedup[prev_row[same_path]]
+    prior[same_path] = np.where(before >= 0, before, KEEP_NO_DEDUP)
     return SidTable(ids, kept, stable_dedup(kept, prior), tuple(sizes), base.sids.pruning)
 
 

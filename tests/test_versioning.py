@@ -12,7 +12,9 @@ import pytest
 
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig, QuantizerConfig, RqsidConfig
-from rqsid.index import carry_codes, changed_sid_count, item_delta, stable_dedup
+from rqsid.index import KEEP_NO_DEDUP, carry_codes, changed_sid_count, item_delta, stable_dedup
+from rqsid.sids import SidTable
+from rqsid.trie import SidTrie
 from rqsid.versioning import IndexRegistry, VersionStore, catalog_version, interactions_version, item_content_hashes, version_id
 from synthetic_tables import shop
 
@@ -163,6 +165,17 @@ def test_stable_dedup_keeps_prior_tokens_and_fills_the_smallest_free():
     assert dedup.tolist() == [1, 0, 2, -1, 0, 1]
     # without history it numbers collisions 0, 1, ... in item order
     assert stable_dedup(kept, np.full(6, -1)).tolist() == [0, 1, 2, -1, 0, 1]
+
+
+def test_an_item_alone_on_its_path_keeps_its_sid_when_new_items_join_it():
+    kept = np.array([[1, 2], [1, 2], [1, 2], [3, 4]])
+    # item 0 had [1, 2] to itself; items 1 and 2 are new on that path; item 3 is alone as before
+    dedup = stable_dedup(kept, np.array([KEEP_NO_DEDUP, -1, -1, KEEP_NO_DEDUP]))
+    assert dedup.tolist() == [-1, 0, 1, -1]
+    table = SidTable(np.array(["a", "b", "c", "d"]), kept, dedup, (8, 8))
+    tokens = table.token_matrix()
+    assert len({tuple(row) for row in tokens}) == 4  # still one item per SID
+    assert SidTrie.build(tokens, table.vocab_size).lookup(tokens).tolist() == [0, 1, 2, 3]
 
 
 def test_changed_sid_count_pads_variable_lengths():
