@@ -26,7 +26,7 @@ class GeneratorVersion:
     path: Path  # model/ (the saved generator), manifest.json with the evaluation
     metrics: dict  # {"valid": {"all"|"head"|"tail": {...}}, "test": {...}}
     stats: dict
-    registered: int | None  # MLflow model version, once registered
+    registrations: dict[str, int]  # MLflow model name -> the version this generator was registered as
     reused: bool
     compute_s: float
 
@@ -97,10 +97,19 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
 
     art = store(home).get_or_create("generator", version, build)
     m = art.manifest
-    return GeneratorVersion(version, art.path, m["metrics"], m["stats"], m.get("registered"), art.reused, watch.compute_s)
+    return GeneratorVersion(version, art.path, m["metrics"], m["stats"], _registrations(m), art.reused, watch.compute_s)
+
+
+def _registrations(manifest: dict) -> dict[str, int]:
+    """Model name -> version (manifests written before "registrations" held one "registered" and its "model_name")."""
+    older = {manifest["model_name"]: manifest["registered"]} if manifest.get("registered") is not None else {}
+    return older | manifest.get("registrations", {})
 
 
 def mark_registered(generator: GeneratorVersion, model_name: str, model_version: int) -> None:
-    """Record the MLflow model version in the generator's manifest, so a rerun does not register it twice."""
+    """Record the MLflow model version in the generator's manifest, so a rerun does not register it twice. Two
+    catalogs with equal content share generator versions, hence one record per model name."""
     path = generator.path / "manifest.json"
-    write_json_atomic(path, read_json(path) | {"registered": model_version, "model_name": model_name})
+    manifest = read_json(path)
+    generator.registrations = _registrations(manifest) | {model_name: model_version}
+    write_json_atomic(path, manifest | {"registrations": generator.registrations})
