@@ -183,6 +183,8 @@ def register_bundle(tracker: Tracker, bundle: Bundle, name: str, registration: d
     registration = metric_names(registration)
     meta = {f"rqsid.{key}": bundle.meta.get(key) for key in BUNDLE_LINEAGE} | {"rqsid.registration": registration}
     example = pd.DataFrame({"history": [[str(i) for i in bundle.table.item_ids[:3]]]})
+    if bundle.trained.cfg.use_query:
+        example["query"] = [str(bundle.titles[0]) or "product"]
     with tempfile.TemporaryDirectory(prefix="rqsid-bundle-") as folder:
         version = tracker.register_generator(save_bundle(bundle, Path(folder) / "bundle"), name, metrics or {},
                                              default_pip_requirements(), python_model=str(MODEL_CODE),

@@ -109,3 +109,25 @@ def test_trained_through_is_each_users_last_seq():
     table = pa.table({"user_id": ["a", "a", "b"], "item_id": ["x", "y", "z"], "seq": pa.array([0, 4, 2], pa.int32())})
     through = last_seq_per_user(table)
     assert dict(zip(through.column("user_id").to_pylist(), through.column("seq").to_pylist(), strict=True)) == {"a": 4, "b": 2}
+
+
+def test_a_search_bundle_embeds_queries_with_the_catalogs_text_model():
+    from test_generator_search import CATEGORIES, PER_CATEGORY, catalog_and_random_histories
+    from test_generator_search import CFG as SEARCH
+
+    from rqsid.embed import TextEmbedder
+    from rqsid.generator.data import derive_queries, embed_queries
+
+    table, catalog, inter = catalog_and_random_histories()
+    vocab = SidVocab.from_sid_table(table)
+    seqs = embed_queries(derive_queries(sequences_from_interactions(inter, vocab), vocab, catalog, seed=0), TextEmbedder())
+    with torch_threads(1):
+        model = train_generator(seqs, vocab, SEARCH.model_copy(update={"use_query": True}), progress=False, log=lambda _: None)
+        bundle = make_bundle(model, table, titles(table.item_ids), {**META, "embed": {}})
+        answers = bundle.retriever().recommend([["s1", "s50"], ["s1", "s50"]], k=5, queries=["lipstick", "sunscreen"])
+    in_category = [{f"s{k}" for k in range(c * PER_CATEGORY, (c + 1) * PER_CATEGORY)} for c in (2, 4)]
+    assert CATEGORIES[2] == "Lipstick" and CATEGORIES[4] == "Sunscreen"
+    for answer, wanted in zip(answers, in_category, strict=True):
+        assert answer.item_ids[0] in wanted
+    with pytest.raises(RqsidError, match="needs a query"):
+        bundle.retriever().recommend([["s1"]])
