@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cli import data, generator, orchestration, sids, study
+from cli import data, generator, orchestration, recommend, sids, study
 from rqsid import RqsidError
 from rqsid.home import ProjectHome
 
 # Each module contributes its sub-commands through `register(subparsers)`, in this order in --help.
-COMMAND_MODULES = (data, sids, generator, orchestration, study)
+COMMAND_MODULES = (data, sids, generator, recommend, orchestration, study)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,6 +194,15 @@ def _print_drift(result: dict) -> None:
     print(f"drift vs {result['index_version']}: {result['n_new']} new, {result['n_changed']} changed, "
           f"{result['n_removed']} removed of {result['n_items']} items -> {state}"
           + (f" (event {result['event_id']})" if result.get("event_id") else ""))
+    behaviour = result.get("behaviour")
+    if behaviour:
+        figures = (f"Recall@10 {behaviour['recall_at_10']:.4f} vs {behaviour['registered_recall_at_10']:.4f} at registration"
+                   if behaviour["recall_at_10"] is not None and behaviour["registered_recall_at_10"] is not None else "")
+        state = behaviour["note"] or "within the margin"
+        if behaviour["drifted"]:
+            state = "DRIFT: " + "; ".join(behaviour["exceeded"])
+        print(f"behaviour of champion v{behaviour['champion_version']} on {behaviour['n_cases']} newer interactions: "
+              f"{figures} -> {state}")
 
 
 def _print_index(result: dict) -> None:
@@ -211,8 +220,14 @@ def _print_index(result: dict) -> None:
 def _print_model(result: dict) -> None:
     valid, test = result["metrics"]["valid"]["all"], result["metrics"]["test"]["all"]
     print(f"generator {result['model_name']} v{result['model_version']}: valid R@10 {valid['recall@10']:.4f} "
-          f"N@10 {valid['ndcg@10']:.4f}; test R@10 {test['recall@10']:.4f} N@10 {test['ndcg@10']:.4f}; "
-          + ("promoted to champion" if result["promoted"] else f"champion stays v{result['previous_champion']}"))
+          f"N@10 {valid['ndcg@10']:.4f}; test R@10 {test['recall@10']:.4f} N@10 {test['ndcg@10']:.4f}")
+    contest = result["contest"]
+    if contest["result"]:
+        r = contest["result"]
+        print(f"  contest on {r['n']} validation users of today's data ({r['rule']}): challenger "
+              f"{r['challenger'][r['metric']]:.4f} vs champion v{contest['champion_version']} {r['champion'][r['metric']]:.4f}, "
+              f"gain {r['mean_diff']:+.4f} (SE {r['se']:.4f}); champion {contest['serving']}")
+    print("  promoted to champion" if result["promoted"] else f"  champion: v{result['champion']}")
 
 
 def _print_timing(result: dict) -> None:

@@ -22,28 +22,32 @@ def catalog_resource(catalog_name: str) -> dict[str, str]:
     return {"prefect.resource.id": f"rqsid.catalog.{catalog_name}", "prefect.resource.name": catalog_name}
 
 
-def emit_drift(catalog_name: str, source: str | None, index_version: str, report: dict) -> str | None:
-    """Emit `rqsid.drift.detected` for the catalog; the payload carries what a retrain run needs."""
+def emit_drift(catalog_name: str, source: str | None, index_version: str, report: dict,
+               behaviour: dict | None = None) -> str | None:
+    """Emit `rqsid.drift.detected` for the catalog; the payload carries what a retrain run needs and the figures
+    (`drift`: the catalog's, `behaviour`: the champion's on newer interactions)."""
     from prefect.events import emit_event
 
-    payload = {"catalog_name": catalog_name, "source": source, "index_version": index_version, "drift": report}
+    payload = {"catalog_name": catalog_name, "source": source, "index_version": index_version, "drift": report,
+               "behaviour": behaviour}
     event = emit_event(event=DRIFT_EVENT, resource=catalog_resource(catalog_name), payload=payload)
     return str(event.id) if event else None
 
 
 @flow(name="drift_watch", log_prints=True)
 def drift_watch(catalog: str | None = None, config: RqsidConfig | None = None, demo_items: int = DEMO_ITEMS,
-                emit: bool = True) -> dict[str, Any]:
-    """Measure drift of a catalog (None = the synthetic demo) against its published index."""
+                emit: bool = True, interactions: str | None = None) -> dict[str, Any]:
+    """Measure drift of a catalog (None = the synthetic demo) against its published index, and of its users
+    (today's interactions: `interactions`, else those of the catalog source) against its champion."""
     cfg = config or RqsidConfig()
     logger = get_run_logger()
     recorder = FlowRecorder("drift_watch", catalog_name_of(catalog), cfg)
     with recorder.run():
-        cat = catalog_stage(recorder, catalog, None, demo_items)
+        cat = catalog_stage(recorder, catalog, interactions, demo_items)
         current = registry(cat.name).current_path()
         if current is None:
             logger.info("catalog %s has no published index yet: nothing to compare with", cat.name)
-            return {"catalog_name": cat.name, "index_version": None, "drifted": True,
+            return {"catalog_name": cat.name, "index_version": None, "drifted": True, "behaviour": None,
                     "exceeded": ["no published index"], "event_id": None, "timing": recorder.timing()}
         emb = embed_stage(recorder, cat, cfg, current)
         with recorder.stage("drift") as stage:
@@ -52,11 +56,32 @@ def drift_watch(catalog: str | None = None, config: RqsidConfig | None = None, d
             stage.compute_s, stage.lineage = measured.compute_s, {"index": current.name}
             stage.metrics = {f"drift.{k}": float(v) for k, v in report.items() if isinstance(v, (int, float)) and v is not None}
             recorder.log_json(report, "drift.json")
-            event_id = None
-            if measured.report.drifted and emit:
-                event_id = emit_drift(cat.name, catalog or DEMO_SOURCE, current.name, report)
-                logger.warning("drift detected on %s: %s (event %s)", cat.name, "; ".join(measured.report.exceeded), event_id)
-            else:
-                logger.info("drift on %s below thresholds: %s new/changed items", cat.name, report["n_new"] + report["n_changed"])
-    return {"catalog_name": cat.name, "index_version": current.name, **report, "event_id": event_id,
+        behaviour = _behaviour_stage(recorder, cat, cfg, logger)
+        reasons = report["exceeded"] + (behaviour["exceeded"] if behaviour else [])
+        event_id = None
+        if reasons and emit:
+            event_id = emit_drift(cat.name, catalog or DEMO_SOURCE, current.name, report, behaviour)
+            logger.warning("drift detected on %s: %s (event %s)", cat.name, "; ".join(reasons), event_id)
+        else:
+            logger.info("drift on %s below thresholds: %s new/changed items", cat.name, report["n_new"] + report["n_changed"])
+    return {"catalog_name": cat.name, "index_version": current.name, **report, "behaviour": behaviour, "event_id": event_id,
             "mlflow_run_id": recorder.run_id, "timing": recorder.timing()}
+
+
+def _behaviour_stage(recorder: FlowRecorder, cat, cfg: RqsidConfig, logger) -> dict | None:
+    """The champion on today's interactions after its training cut-off; None without a champion or interactions."""
+    from tasks.champion import measure_behaviour
+    from tasks.serving import champion_of, model_name
+
+    champion = champion_of(recorder.tracker, model_name(cat.name)) if cat.interactions_file else None
+    if champion is None:
+        return None
+    with recorder.stage("behaviour") as stage:
+        measured = measure_behaviour(champion, cat.interactions_file, cfg.drift, cfg.generator.seed)
+        stage.compute_s, stage.metrics = measured.compute_s, measured.metrics()
+        stage.lineage = {"model_version": str(champion.version)}
+        recorder.log_json(measured.as_dict(), "behaviour.json")
+    logger.info("behaviour of champion version %s on %s newer interactions: Recall@10 %s (registered %s) %s",
+                champion.version, measured.report.n_cases, measured.report.recall_at_10,
+                measured.report.registered_recall_at_10, measured.report.note)
+    return measured.as_dict()

@@ -1,4 +1,4 @@
-"""The nightly job: drift watch -> re-index -> retrain.
+"""The nightly job: drift watch (catalog and behaviour) -> re-index -> retrain.
 
 The re-index reuses the published tokenizer while drift stays under the thresholds (unchanged items
 keep their SIDs; only new and changed items are embedded and encoded) and refits it when drift is
@@ -27,7 +27,7 @@ def nightly(catalog: str | None = None, interactions: str | None = None, config:
     started = time.perf_counter()
     recorder = FlowRecorder("nightly", catalog_name_of(catalog), cfg)
     with recorder.run():  # the three flows' MLflow runs nest under this one
-        drift = drift_watch(catalog=catalog, config=cfg, demo_items=demo_items)
+        drift = drift_watch(catalog=catalog, config=cfg, demo_items=demo_items, interactions=interactions)
         index = reindex(catalog=catalog, interactions=interactions, config=cfg,
                         refit=True if drift["index_version"] is None else bool(drift["drifted"]), demo_items=demo_items)
         model = None

@@ -1,6 +1,9 @@
-"""The retrain flow: index version + interactions -> generator training -> evaluation -> MLflow model
-version; the alias "champion" moves to it only when it beats the current champion on validation
-Recall@10 (NDCG@10 breaks ties)."""
+"""The retrain flow: index version + interactions -> generator training -> evaluation -> the contest ->
+MLflow model version. The alias "champion" moves to the new version only when it beats the champion by
+more than noise on the same validation users of today's data (tasks.champion.contest). When the champion
+keeps its title and today's index kept every SID it knows (the stable path), the champion is registered
+again serving today's index, and the alias moves to that version: the same weights, with today's new
+items in its trie. When SIDs changed, the champion keeps serving the index it was trained on."""
 
 from __future__ import annotations
 
@@ -13,22 +16,12 @@ from flows.common import FlowRecorder
 from rqsid import RqsidError
 from rqsid.config import RqsidConfig
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
+from tasks.champion import contest
 from tasks.common import registry
 from tasks.generator import flat_metrics, interactions_of, mark_registered, stage_interactions, train_and_evaluate
+from tasks.serving import model_name, register_bundle
 
-RANK_BY = ("valid.all.recall_at_10", "valid.all.ndcg_at_10")
-
-
-def model_name(catalog_name: str) -> str:
-    return f"{catalog_name}-generator"
-
-
-def beats(candidate: dict[str, float], champion: dict[str, float] | None) -> bool:
-    """Strictly better on validation Recall@10, or equal on it and better on NDCG@10."""
-    if champion is None or any(k not in champion for k in RANK_BY):
-        return True
-    return tuple(candidate[k] for k in RANK_BY) > tuple(champion[k] for k in RANK_BY)
-
+__all__ = ["model_name", "retrain"]
 
 @flow(name="retrain", log_prints=True)
 def retrain(
@@ -65,9 +58,14 @@ def retrain(
             stage.metrics = {**flat_metrics(gen.metrics), "reused": float(gen.reused)}
             recorder.log_json(gen.metrics, "evaluation.json")
             recorder.log_json(gen.stats, "train_stats.json")
+        with recorder.stage("contest") as stage:
+            outcome = contest(gen, index_dir, inter, name, cfg, recorder.tracker)
+            stage.compute_s, stage.metrics = outcome.compute_s, outcome.metrics()
+            recorder.log_json(outcome.as_dict(), "contest.json")
+            logger.info("contest on %s: %s", outcome.cases, outcome.result.rule if outcome.result else outcome.serving_note)
         with recorder.stage("register") as stage:
-            version, promoted, champion = _register(recorder, gen, name, logger)
-            stage.metrics = {"model_version": version, "promoted": float(promoted)}
+            version, promoted, champion, serving = _register(recorder, gen, outcome, name, logger)
+            stage.metrics = {"model_version": version, "promoted": float(promoted), "champion_version": serving}
     return {
         "catalog_name": catalog_name,
         "index_version": index_dir.name,
@@ -76,6 +74,8 @@ def retrain(
         "model_version": version,
         "promoted": promoted,
         "previous_champion": champion,
+        "champion": serving,
+        "contest": outcome.as_dict(),
         "metrics": gen.metrics,
         "reused": gen.reused,
         "mlflow_run_id": recorder.run_id,
@@ -83,21 +83,31 @@ def retrain(
     }
 
 
-def _register(recorder: FlowRecorder, gen, name: str, logger) -> tuple[int, bool, int | None]:
-    """Register the generator once (a rerun finds the recorded version) and promote it if it wins."""
-    flat = flat_metrics(gen.metrics)
-    current = recorder.tracker.champion(name)
-    version = gen.registered
+def _register(recorder: FlowRecorder, gen, outcome, name: str, logger) -> tuple[int, bool, int | None, int]:
+    """Register the challenger once (a rerun finds the recorded version); promote it when it won, else
+    register the champion serving today's index when it was rebound. Returns (challenger version, promoted,
+    previous champion version, champion version now)."""
+    tracker = recorder.tracker
+    version = gen.registrations.get(name)
     if version is None:
-        from tasks.tracking import default_pip_requirements
-
-        version = recorder.tracker.register_generator(gen.model_dir, name, flat, default_pip_requirements())
+        version = register_bundle(tracker, outcome.challenger, name, outcome.challenger_figures, flat_metrics(gen.metrics))
         mark_registered(gen, name, version)
-    champion_version = current[0] if current else None
-    promoted = champion_version != version and beats(flat, current[1] if current else None)
-    if promoted:
-        recorder.tracker.promote(name, version)
-        logger.info("model %s version %s is the new champion (valid R@10 %.4f)", name, version, flat[RANK_BY[0]])
-    else:
-        logger.info("model %s version %s registered; champion stays version %s", name, version, champion_version)
-    return version, promoted, champion_version
+    previous = outcome.champion.version if outcome.champion else None
+    if previous == version:
+        return version, False, previous, version
+    if outcome.challenger_wins:
+        tracker.promote(name, version)
+        logger.info("model %s version %s is the new champion (%s)", name, version, _figures(outcome.challenger_figures))
+        return version, True, previous, version
+    serving = previous
+    if outcome.defender_rebound:
+        serving = register_bundle(tracker, outcome.defender, name, outcome.defender_figures,
+                                  tags={"rqsid.rebound_from": str(previous)})
+        tracker.promote(name, serving)
+    logger.info("model %s version %s registered; champion stays version %s, %s (now version %s)", name, version,
+                previous, outcome.serving_note, serving)
+    return version, False, previous, serving
+
+
+def _figures(figures: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if k != "n") + f" on {figures.get('n', 0)} users"

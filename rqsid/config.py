@@ -147,6 +147,22 @@ class DriftConfig(_Section):
     max_new_share: float = Field(0.1, ge=0, le=1)
     max_recon_ratio: float = Field(1.5, gt=0, description="new items' reconstruction error / the index's")
     max_new_layer2_gini: float = Field(0.6, gt=0, le=1)
+    # Behaviour drift: users change, not only the catalog. The champion's Recall@10 on the interactions
+    # after its training cut-off, against the figure it scored at registration.
+    max_recall_drop: float = Field(0.25, ge=0, le=1, description="behaviour drift fires when the champion's Recall@10 on "
+                                   "newer interactions is below (1 - this) x its registration Recall@10")
+    min_behaviour_cases: int = Field(100, ge=1, description="newer interactions needed before behaviour drift is judged")
+    behaviour_cases: int = Field(5000, ge=0, description="most newer interactions evaluated (a seeded sample); 0 = all")
+
+
+class ServingConfig(_Section):
+    """Which generator serves: the champion/challenger contest at registration."""
+
+    contest_users: int = Field(5000, ge=0, description="validation users of today's data both models are evaluated on "
+                                "(a seeded sample); 0 = all")
+    contest_metric: Literal["recall@10", "ndcg@10"] = "recall@10"
+    promote_z: float = Field(2.0, ge=0, description="the challenger wins when its mean paired gain on contest_metric "
+                             "exceeds this many standard errors of the per-user differences")
 
 
 class OrchestrationConfig(_Section):
@@ -164,6 +180,7 @@ class RqsidConfig(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")

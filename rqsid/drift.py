@@ -1,6 +1,6 @@
 """Drift statistics: how far today's catalog has moved from the published index.
 
-Three signals, each against a threshold of `DriftConfig`:
+Three catalog signals, each against a threshold of `DriftConfig`:
 - the share of items that are new or whose text changed (by content hash);
 - the reconstruction error of those items under the index's tokenizer, relative to the error the
   index measured on its own items (a model fitted on yesterday's catalog reconstructs novel items badly);
@@ -8,6 +8,9 @@ Three signals, each against a threshold of `DriftConfig`:
   their SIDs from the current tokenizer and pruning: new items piling onto a few layer-2 tokens
   re-create the hourglass. The threshold applies to this merged distribution because a few hundred
   new items alone over hundreds of codes always look concentrated; their own Gini is reported beside it.
+
+And one behaviour signal: users change too. The champion's Recall@10 on the interactions after its
+training cut-off falls more than `max_recall_drop` (a share) below what it scored at registration.
 """
 
 from __future__ import annotations
@@ -87,3 +90,44 @@ def drift_report(
         layer2_gini_new_only=layer2_gini_new_only,
         exceeded=exceeded,
     )
+
+
+# ---------------------------------------------------------------- behaviour drift
+
+
+@dataclass
+class BehaviourReport:
+    """The champion on the interactions after its training cut-off, against its registration figure."""
+
+    n_cases: int
+    recall_at_10: float | None
+    ndcg_at_10: float | None
+    registered_recall_at_10: float | None
+    threshold: float | None  # (1 - max_recall_drop) x the registration figure
+    exceeded: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.exceeded)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drifted": self.drifted}
+
+
+def behaviour_report(measured: dict[str, float], registered_recall: float | None, config: DriftConfig) -> BehaviourReport:
+    """Judge the champion's Recall@10 on newer interactions (`measured`: recall@10, ndcg@10, n) against
+    (1 - max_recall_drop) x its registration Recall@10; too few cases, or no registration figure, are not judged."""
+    n = int(measured.get("n", 0))
+    recall = measured.get("recall@10") if n else None
+    ndcg = measured.get("ndcg@10") if n else None
+    threshold = None if registered_recall is None else (1 - config.max_recall_drop) * registered_recall
+    report = BehaviourReport(n, recall, ndcg, registered_recall, threshold)
+    if registered_recall is None:
+        report.note = "the champion has no registration Recall@10"
+    elif n < config.min_behaviour_cases:
+        report.note = f"{n} newer interactions, fewer than drift.min_behaviour_cases={config.min_behaviour_cases}: not judged"
+    elif recall < threshold:
+        report.exceeded.append(f"recall_at_10 {recall:.4f} < {threshold:.4f} = (1 - {config.max_recall_drop}) x "
+                               f"{registered_recall:.4f} at registration")
+    return report

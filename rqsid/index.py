@@ -8,6 +8,9 @@ writes them; `IndexSnapshot.load` reads what a later re-index needs back.
 Stable SIDs: while the published tokenizer is reused, unchanged items keep their codes (`carry_codes`),
 the published pruning and their dedup numbers (`stable_dedup`, `stable_table`), and
 `changed_sid_count` says how many SIDs moved anyway.
+
+What a served generator needs of an index besides its SIDs: its items' text embeddings
+(`item_embeddings`) and titles (`item_titles`), in SID-table row order.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import pyarrow.parquet as pq
 
 from rqsid import RqsidError
 from rqsid.drift import apply_removed_tokens
+from rqsid.embed import read_embeddings
 from rqsid.jsonio import read_json, write_json
-from rqsid.lookup import positions
+from rqsid.lookup import align_embeddings, positions
 from rqsid.sids import SidTable, assign_sids, neutral_keys, read_sids, write_sids
 from rqsid.trie import SidTrie
+from rqsid.versioning import VersionStore
 
 MANIFEST = "manifest.json"
 
@@ -155,11 +160,20 @@ def carry_codes(prev_codes: np.ndarray, delta: ItemDelta, new_codes: np.ndarray)
     return codes
 
 
+KEEP_NO_DEDUP = -2  # `prior` of an item that was alone on the same path: it keeps its SID without a dedup token
+
+
 def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray, item_ids) -> np.ndarray:
     """Dedup tokens for items that share their whole kept code path, reusing `prior` (an item's dedup
-    token in the previous version, -1 if none or if its path changed) wherever it is still free within
-    the item's collision group; the others get the smallest free numbers in the order of their
-    `neutral_keys` (never id order, which can carry time). Unique items get -1, as in `rqsid.sids`."""
+    token in the previous version; -1 if new or if its path changed; KEEP_NO_DEDUP if it had the path to
+    itself) wherever it is still free within the item's collision group; the others get the smallest free
+    numbers in the order of their `neutral_keys` (never id order, which can carry time). Unique items get
+    -1, as in `rqsid.sids`.
+
+    An item that had its path to itself keeps its SID (no dedup token) when new items join the path: the
+    newcomers take the dedup tokens. Every old SID then survives a re-index that only adds items, so a
+    generator trained on yesterday's index can serve today's (`rqsid.generator.retriever.bind`); its SID
+    and theirs differ by the dedup token before the end token."""
     n = len(kept_codes)
     dedup = np.full(n, -1, dtype=np.int64)
     if n == 0:
@@ -178,9 +192,11 @@ def stable_dedup(kept_codes: np.ndarray, prior: np.ndarray, item_ids) -> np.ndar
             if token >= 0 and token not in taken and token < len(members):
                 dedup[members[pos]] = token
                 taken.add(int(token))
+        alone_before = members[wanted == KEEP_NO_DEDUP][:1]  # (two such items cannot share a path)
         free = iter(t for t in range(len(members)) if t not in taken)
         for m in members[dedup[members] < 0]:
-            dedup[m] = next(free)
+            if m not in alone_before:
+                dedup[m] = next(free)
     return dedup
 
 
@@ -192,7 +208,8 @@ def stable_table(ids: np.ndarray, codes: np.ndarray, sizes: list[int], base: Ind
     same_path = present.copy()
     same_path[present] = (base.sids.codes[prev_row[present]] == kept[present]).all(axis=1)
     prior = np.full(len(ids), -1, dtype=np.int64)
-    prior[same_path] = base.sids.dedup[prev_row[same_path]]
+    before = base.sids.dedup[prev_row[same_path]]
+    prior[same_path] = np.where(before >= 0, before, KEEP_NO_DEDUP)
     return SidTable(ids, kept, stable_dedup(kept, prior, ids), tuple(sizes), base.sids.pruning)
 
 
@@ -205,3 +222,24 @@ def changed_sid_count(prev_ids, prev_tokens: np.ndarray, ids, tokens: np.ndarray
     b = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=-1)[both]
     changed = int((a != b).any(axis=1).sum())
     return {"items_in_both": len(both), "sids_changed": changed, "sids_kept": len(both) - changed}
+
+
+# ---------------------------------------------------------------- what a served model needs of an index
+
+
+def item_embeddings(index_dir: Path, store: VersionStore) -> np.ndarray:
+    """The text embeddings of the index's items (its embeddings version), in its SID table's row order:
+    the item features of a generator that composes item vectors from text."""
+    version = index_manifest(index_dir)["versions"]["embeddings"]
+    path = store.get("embeddings", version).path / "embeddings.parquet"
+    emb_ids, X = read_embeddings(path)
+    return align_embeddings(read_index_sids(index_dir).item_ids, emb_ids, X, str(path))
+
+
+def item_titles(index_dir: Path, store: VersionStore) -> np.ndarray:
+    """The titles of the index's items (from the catalog version it was built from), in SID-table row order."""
+    catalog = pq.read_table(store.get("catalog", index_manifest(index_dir)["versions"]["catalog"]).path / "catalog.parquet",
+                            columns=["item_id", "title"])
+    titles = np.asarray(catalog.column("title").to_pylist(), dtype=object)
+    rows = positions(read_index_sids(index_dir).item_ids, catalog.column("item_id").to_numpy(zero_copy_only=False))
+    return np.where(rows >= 0, titles[np.maximum(rows, 0)], "")

@@ -13,7 +13,7 @@ from rqsid import RqsidError
 from rqsid.catalog import read_interactions, validate_interactions, write_interactions, write_quarantine
 from rqsid.config import GeneratorConfig
 from rqsid.home import ProjectHome
-from rqsid.index import IndexSnapshot, index_manifest, read_index_sids
+from rqsid.index import IndexSnapshot, index_manifest, item_embeddings, read_index_sids
 from rqsid.jsonio import read_json, write_json_atomic
 from rqsid.sources import read_interactions_source
 from rqsid.versioning import file_digest, version_id
@@ -26,7 +26,7 @@ class GeneratorVersion:
     path: Path  # model/ (the saved generator), manifest.json with the evaluation
     metrics: dict  # {"valid": {"all"|"head"|"tail": {...}}, "test": {...}}
     stats: dict
-    registered: int | None  # MLflow model version, once registered
+    registrations: dict[str, int]  # MLflow model name -> the version this generator was registered as
     reused: bool
     compute_s: float
 
@@ -87,7 +87,9 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
         with watch.compute():
             vocab = SidVocab.from_sid_table(read_index_sids(index_dir))
             seqs = sequences_from_interactions(read_interactions(interactions_file), vocab)
-            trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info)
+            # item vectors from text: the embeddings of the index's embeddings version, in SID-table row order
+            features = item_embeddings(index_dir, store(home)) if config.item_text else None
+            trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info, item_features=features)
             head = head_item_mask(IndexSnapshot.load(index_dir).unpruned(), vocab)
             metrics = {split: evaluate_split(trained, seqs, split, head)[0] for split in ("valid", "test")}
         return {"index": Path(index_dir).name, "interactions": str(interactions_file), "metrics": metrics,
@@ -95,10 +97,19 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
 
     art = store(home).get_or_create("generator", version, build)
     m = art.manifest
-    return GeneratorVersion(version, art.path, m["metrics"], m["stats"], m.get("registered"), art.reused, watch.compute_s)
+    return GeneratorVersion(version, art.path, m["metrics"], m["stats"], _registrations(m), art.reused, watch.compute_s)
+
+
+def _registrations(manifest: dict) -> dict[str, int]:
+    """Model name -> version (manifests written before "registrations" held one "registered" and its "model_name")."""
+    older = {manifest["model_name"]: manifest["registered"]} if manifest.get("registered") is not None else {}
+    return older | manifest.get("registrations", {})
 
 
 def mark_registered(generator: GeneratorVersion, model_name: str, model_version: int) -> None:
-    """Record the MLflow model version in the generator's manifest, so a rerun does not register it twice."""
+    """Record the MLflow model version in the generator's manifest, so a rerun does not register it twice. Two
+    catalogs with equal content share generator versions, hence one record per model name."""
     path = generator.path / "manifest.json"
-    write_json_atomic(path, read_json(path) | {"registered": model_version, "model_name": model_name})
+    manifest = read_json(path)
+    generator.registrations = _registrations(manifest) | {model_name: model_version}
+    write_json_atomic(path, manifest | {"registrations": generator.registrations})

@@ -117,14 +117,14 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _launch(name: str, command: list[str], home: ProjectHome, port: int, health_url: str, url: str,
-            timeout_s: float) -> ServerHandle:
+            timeout_s: float, extra_env: dict[str, str] | None = None) -> ServerHandle:
     if port_in_use(port):
         what = "a healthy server" if _healthy(health_url) else "another program"
         raise RqsidError(f"cannot start {name}: port {port} on {HOST} is already in use by {what}")
     home.ensure()
     log_path = home.root / "logs" / f"{name.replace(' ', '-')}-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **home.environment()}
+    env = {**os.environ, **home.environment(), **(extra_env or {})}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home.root,
                                    start_new_session=True)
@@ -240,3 +240,14 @@ def start_mlflow_ui(home: ProjectHome, port: int = 5000, timeout_s: float = 120.
         "--host", HOST, "--port", str(port), "--workers", "1",
     ]
     return _launch("mlflow ui", command, home, port, f"{url}/health", url, timeout_s)
+
+
+def start_model_server(home: ProjectHome, model_uri: str, port: int, timeout_s: float = 180.0) -> ServerHandle:
+    """`mlflow models serve -m MODEL_URI --env-manager local` on 127.0.0.1:port (one worker), over the home's
+    MLflow store; ready when /ping answers. `POST <url>/invocations` predicts."""
+    url = f"http://{HOST}:{port}"
+    command = [_executable("mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+               "-h", HOST, "-p", str(port), "-w", "1"]
+    # it starts `uvicorn` by name: this environment's own, even when the environment is not activated
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return _launch("mlflow model server", command, home, port, f"{url}/ping", url, timeout_s, {"PATH": path})

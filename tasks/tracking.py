@@ -148,8 +148,11 @@ class Tracker:
     # ------------------------------------------------------------ model registry
 
     def register_generator(self, model_dir: str | Path, name: str, metrics: dict[str, float],
-                           pip_requirements: list[str] | None = None, loader: str | None = None) -> int:
-        """Log the generator folder as a pyfunc model in the active run, register it; returns the version."""
+                           pip_requirements: list[str] | None = None, loader: str | None = None,
+                           python_model: mlflow.pyfunc.PythonModel | str | None = None, signature=None,
+                           metadata: dict[str, Any] | None = None, input_example=None) -> int:
+        """Log the generator folder as a pyfunc model in the active run, register it; returns the version.
+        `python_model` serves the folder (default: GeneratorModel with `loader`); tasks.serving passes its own."""
         run_id = self._active_run_id()
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -157,10 +160,12 @@ class Tracker:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         info = mlflow.pyfunc.log_model(
             name="generator",
-            python_model=GeneratorModel(loader),
+            python_model=python_model or GeneratorModel(loader),
             artifacts={"generator": str(model_dir)},
+            signature=signature,
+            input_example=input_example,
             pip_requirements=pip_requirements if pip_requirements is not None else default_pip_requirements(),
-            metadata={"rqsid.loader": loader or ""},
+            metadata={"rqsid.loader": loader or "", **(metadata or {})},
         )
         version = mlflow.register_model(info.model_uri, name, tags={"rqsid.run_id": run_id})
         for key, value in metrics.items():

@@ -17,8 +17,8 @@ from rqsid.sids import read_sids, write_sids
 from rqsid.trie import SidTrie
 from synthetic_tables import shop, sid_table
 
-COMMANDS = {"import", "demo-catalog", "embed", "fit", "sids", "report", "prune", "train", "evaluate", "nightly", "reindex",
-            "retrain", "drift", "serve", "server", "ui", "study"}
+COMMANDS = {"import", "demo-catalog", "embed", "fit", "sids", "report", "prune", "train", "evaluate", "recommend", "nightly",
+            "reindex", "retrain", "drift", "serve", "server", "ui", "study"}
 HEAVY = ("torch", "numpy", "pyarrow", "prefect", "mlflow", "great_expectations", "dask", "distributed", "pydantic")
 
 
@@ -41,7 +41,7 @@ def test_help_imports_nothing_heavy():
 def test_a_command_module_that_fails_to_import_fails_the_command(tmp_path):
     """No command goes silently missing: a broken command module is an ImportError of `rqsid` itself."""
     (tmp_path / "cli").mkdir()
-    for name in ("__init__", "data", "sids", "generator", "orchestration"):
+    for name in ("__init__", "data", "sids", "generator", "recommend", "orchestration"):
         (tmp_path / "cli" / f"{name}.py").write_text((REPO / "cli" / f"{name}.py").read_text())
     (tmp_path / "cli" / "main.py").write_text((REPO / "cli" / "main.py").read_text())
     (tmp_path / "cli" / "study.py").write_text("import no_such_dependency\n")

@@ -12,8 +12,9 @@ import pytest
 
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig, QuantizerConfig, RqsidConfig
-from rqsid.index import carry_codes, changed_sid_count, item_delta, stable_dedup
-from rqsid.sids import dedup_tokens
+from rqsid.index import KEEP_NO_DEDUP, carry_codes, changed_sid_count, item_delta, stable_dedup
+from rqsid.sids import SidTable, dedup_tokens
+from rqsid.trie import SidTrie
 from rqsid.versioning import IndexRegistry, VersionStore, catalog_version, interactions_version, item_content_hashes, version_id
 from synthetic_tables import shop
 
@@ -167,6 +168,17 @@ def test_stable_dedup_keeps_prior_tokens_and_fills_the_smallest_free():
     # without history it numbers each group 0, 1, ... exactly as a fresh assignment does
     fresh = stable_dedup(kept, np.full(6, -1), ids)
     np.testing.assert_array_equal(fresh, dedup_tokens(kept, ids))
+
+
+def test_an_item_alone_on_its_path_keeps_its_sid_when_new_items_join_it():
+    kept = np.array([[1, 2], [1, 2], [1, 2], [3, 4]])
+    # item 0 had [1, 2] to itself; items 1 and 2 are new on that path; item 3 is alone as before
+    dedup = stable_dedup(kept, np.array([KEEP_NO_DEDUP, -1, -1, KEEP_NO_DEDUP]), ["a", "b", "c", "d"])
+    assert dedup[[0, 3]].tolist() == [-1, -1] and sorted(dedup[1:3].tolist()) == [0, 1]
+    table = SidTable(np.array(["a", "b", "c", "d"]), kept, dedup, (8, 8))
+    tokens = table.token_matrix()
+    assert len({tuple(row) for row in tokens}) == 4  # still one item per SID
+    assert SidTrie.build(tokens, table.vocab_size).lookup(tokens).tolist() == [0, 1, 2, 3]
 
 
 def test_changed_sid_count_pads_variable_lengths():
