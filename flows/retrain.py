@@ -11,12 +11,16 @@ from prefect import flow, get_run_logger
 
 from flows.common import FlowRecorder
 from rqsid import RqsidError
+from rqsid.checkpoints import reach
 from rqsid.config import RqsidConfig
+from rqsid.home import ProjectHome
+from rqsid.locks import catalog_lock
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
 from tasks.common import registry
 from tasks.generator import flat_metrics, interactions_of, mark_registered, stage_interactions, train_and_evaluate
 
 RANK_BY = ("valid.all.recall_at_10", "valid.all.ndcg_at_10")
+GENERATOR_TAG = "rqsid.generator"  # a model version's tag: the generator version it holds
 
 
 def model_name(catalog_name: str) -> str:
@@ -56,7 +60,7 @@ def retrain(
         raise RqsidError(f"catalog {catalog_name!r} has no published index; run `rqsid reindex` first")
     recorder = FlowRecorder("retrain", catalog_name, cfg)
     name = model_name(catalog_name)
-    with recorder.run():
+    with catalog_lock(ProjectHome.default().root, catalog_name, what="retrain"), recorder.run():
         recorder.lineage["index"] = index_dir.name
         with recorder.stage("train") as stage:
             inter = Path(stage_interactions(interactions, index_dir)) if interactions else interactions_of(index_dir)
@@ -87,11 +91,15 @@ def _register(recorder: FlowRecorder, gen, name: str, logger) -> tuple[int, bool
     """Register the generator once (a rerun finds the recorded version) and promote it if it wins."""
     flat = flat_metrics(gen.metrics)
     current = recorder.tracker.champion(name)
-    version = gen.registered
+    # a run killed between registering and recording it left the version in MLflow: find it, never register twice
+    version = gen.registered or recorder.tracker.version_tagged(name, GENERATOR_TAG, gen.version)
     if version is None:
         from tasks.tracking import default_pip_requirements
 
-        version = recorder.tracker.register_generator(gen.model_dir, name, flat, default_pip_requirements())
+        version = recorder.tracker.register_generator(gen.model_dir, name, flat, default_pip_requirements(),
+                                                      tags={GENERATOR_TAG: gen.version})
+        reach("register")
+    if gen.registered is None:
         mark_registered(gen, name, version)
     champion_version = current[0] if current else None
     promoted = champion_version != version and beats(flat, current[1] if current else None)

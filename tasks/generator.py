@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from rqsid import RqsidError
 from rqsid.catalog import read_interactions, validate_interactions, write_interactions, write_quarantine
+from rqsid.checkpoints import reach
 from rqsid.config import GeneratorConfig
 from rqsid.home import ProjectHome
 from rqsid.index import IndexSnapshot, index_manifest, read_index_sids
@@ -88,6 +89,7 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
             vocab = SidVocab.from_sid_table(read_index_sids(index_dir))
             seqs = sequences_from_interactions(read_interactions(interactions_file), vocab)
             trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info)
+            reach("train")
             head = head_item_mask(IndexSnapshot.load(index_dir).unpruned(), vocab)
             metrics = {split: evaluate_split(trained, seqs, split, head)[0] for split in ("valid", "test")}
         return {"index": Path(index_dir).name, "interactions": str(interactions_file), "metrics": metrics,
