@@ -40,10 +40,11 @@ def test_server_serve_and_ui_stop_their_servers_on_sigterm_and_sigint(tmp_path):
     home = tmp_path / "home"
     experiment_id = Tracker(f"sqlite:///{home / 'mlflow.db'}", home / "mlartifacts").experiment("scientific")
     prefect_port, ui_port = free_port(), free_port()
-    jobs = [Rqsid(home, "server", "--port", str(prefect_port)), Rqsid(home, "serve"), Rqsid(home, "ui", "--port", str(ui_port))]
-    server, serve, ui = jobs
+    jobs = [Rqsid(home, "server", "--port", str(prefect_port)), Rqsid(home, "ui", "--port", str(ui_port))]
+    server, ui = jobs
     try:
         wait_until(lambda: "Prefect server of" in server.output, 180, "`rqsid server` ready", alive=server.process)
+        jobs.append(serve := Rqsid(home, "serve"))  # after the server: it joins that one
         wait_until(lambda: "Your deployments are being served" in serve.output, 180, "`rqsid serve` ready", alive=serve.process)
         wait_until(lambda: "MLflow UI:" in ui.output, 180, "`rqsid ui` ready", alive=ui.process)
         api = f"http://127.0.0.1:{prefect_port}/api"
