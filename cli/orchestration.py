@@ -75,7 +75,11 @@ def register(subparsers) -> None:
 
 def resolve(args: argparse.Namespace, demo: bool):
     """The command's config; on the demo catalog the "demo" profile fills what --config and --set leave open."""
-    return config_from(args, profile="demo" if demo else None)
+    from rqsid.checkpoints import reach
+
+    config = config_from(args, profile="demo" if demo else None)
+    reach("ready")  # imports done, nothing checked, locked or started yet
+    return config
 
 
 def _catalog_lock(catalog_name: str, command: str):

@@ -1,8 +1,8 @@
 """Named points inside the long stages, where a test stops a real process at a known place (no sleeps).
 
 With RQSID_CHECKPOINTS=<folder> in the environment, reaching point P writes <folder>/P.reached (holding
-this pid); with RQSID_PAUSE_AT=P as well, the process then waits there until <folder>/P.go exists, so a
-test can SIGKILL it in the middle of that stage, or let it go on. Each point sits where the stage's
+this pid); with P in RQSID_PAUSE_AT (comma-separated) as well, the process then waits there until
+<folder>/P.go exists, so a test can SIGKILL it in the middle of that stage, or let it go on. Each point sits where the stage's
 artifact is half-built (its staging folder filled, its manifest not yet written). Without
 RQSID_CHECKPOINTS a checkpoint costs one environment lookup.
 """
@@ -13,11 +13,12 @@ import os
 import time
 from pathlib import Path
 
-# catalog: a flow's catalog stored, its runs open; embed, fit, publish: an artifact's files written, its
+# ready: an orchestration command has its imports and config, and has not yet checked its input, taken a
+# lock or joined a server; catalog: a flow's catalog stored, its runs open; embed, fit, publish: an artifact's files written, its
 # manifest not; current: an index version renamed in, `current` not moved yet; train: the generator
 # trained, not evaluated; register: an MLflow model version created, not yet recorded in the generator's
 # manifest.
-POINTS = ("catalog", "embed", "fit", "publish", "current", "train", "register")
+POINTS = ("ready", "catalog", "embed", "fit", "publish", "current", "train", "register")
 POLL_S = 0.05
 
 
@@ -30,6 +31,6 @@ def reach(point: str) -> None:
     tmp = folder / f".{point}.{os.getpid()}"
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, folder / f"{point}.reached")
-    if os.environ.get("RQSID_PAUSE_AT") == point:
+    if point in os.environ.get("RQSID_PAUSE_AT", "").split(","):
         while not (folder / f"{point}.go").exists():
             time.sleep(POLL_S)  # held here on purpose until the test lets go (or kills us)

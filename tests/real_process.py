@@ -28,9 +28,10 @@ def wait_until(condition, timeout_s: float, what: str, alive: subprocess.Popen |
 
 
 class Rqsid:
-    """`rqsid ARGS...` with RQSID_HOME=home; `pause_at` holds it at that checkpoint until `release()`."""
+    """`rqsid ARGS...` with RQSID_HOME=home; `pause_at` holds it at that checkpoint (or at each of a list)
+    until `release()`."""
 
-    def __init__(self, home: Path, *args: str, prefect_api: str | None = None, pause_at: str | None = None,
+    def __init__(self, home: Path, *args: str, prefect_api: str | None = None, pause_at: str | list[str] | None = None,
                  env: dict[str, str] | None = None):
         self.home = Path(home)
         self.checkpoints = self.home.parent / f"{self.home.name}-checkpoints-{time.monotonic_ns()}"
@@ -40,7 +41,7 @@ class Rqsid:
         if prefect_api:
             environment["PREFECT_API_URL"] = prefect_api
         if pause_at:
-            environment["RQSID_PAUSE_AT"] = pause_at
+            environment["RQSID_PAUSE_AT"] = pause_at if isinstance(pause_at, str) else ",".join(pause_at)
         environment |= env or {}
         with open(self.log, "w") as out:
             self.process = subprocess.Popen(cli_argv(*args), env=environment, stdout=out, stderr=subprocess.STDOUT,

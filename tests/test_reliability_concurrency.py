@@ -186,18 +186,18 @@ def test_two_catalogs_in_one_home_and_a_second_home_run_side_by_side(tmp_path):
     shop, garden = shop_files(tmp_path, "shop", seed=0), shop_files(tmp_path, "garden", seed=1)
     started = time.monotonic()
     a_shop = Rqsid(home_a, *nightly(*shop), pause_at="fit")  # will hold its staging folder (and its lease) a while
-    jobs = [a_shop]
+    jobs = [a_shop, Rqsid(home_b, *nightly(*shop))]  # the other home, seconds apart
+    b_shop = jobs[1]
     try:
         a_shop.wait_for("fit")
         in_use = staging_folders(home_a)
-        jobs += [Rqsid(home_a, *nightly(*garden)), Rqsid(home_b, *nightly(*shop))]
-        a_garden, b_shop = jobs[1:]
-        out_a_garden, out_b_shop = a_garden.finish(), b_shop.finish()
+        jobs.append(a_garden := Rqsid(home_a, *nightly(*garden)))  # the home's other catalog, while a_shop is mid-run
+        out_a_garden = a_garden.finish()
         assert in_use and all(p.is_dir() for p in in_use)  # a_garden's start-up cleaned nothing a live job uses
         server_a = running(ProjectHome(home_a))
         assert server_a is not None  # a_garden ended, a_shop still holds a lease: the server stays
         a_shop.release("fit")
-        out_a_shop = a_shop.finish()
+        out_a_shop, out_b_shop = a_shop.finish(), b_shop.finish()
     finally:
         for job in jobs:
             job.stop()

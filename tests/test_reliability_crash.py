@@ -75,13 +75,18 @@ def _published(home: Path) -> dict:
 def test_sigkill_at_every_stage_then_the_rerun_publishes_what_an_uninterrupted_run_does(tmp_path, prefect_api):
     catalog, interactions = shop_files(tmp_path / "input", "shop")
     crashed, fresh = tmp_path / "crashed", tmp_path / "fresh"
+
+    def start(*pause_at: str) -> Rqsid:
+        return Rqsid(crashed, *nightly(catalog, interactions), prefect_api=prefect_api, pause_at=list(pause_at))
+
     uninterrupted = Rqsid(fresh, *nightly(catalog, interactions), prefect_api=prefect_api)  # alongside the chain
-    killed = []  # (point, pid, token, staging folders it left)
+    run, killed = start(KILL_POINTS[0]), []  # killed: (point, pid, token, staging folders it left)
     try:
-        for point in KILL_POINTS:
-            run = Rqsid(crashed, *nightly(catalog, interactions), prefect_api=prefect_api, pause_at=point)
+        for point, after in zip(KILL_POINTS, [*KILL_POINTS[1:], None], strict=True):
+            # the rerun imports while this run works, and waits at "ready" (before any lock, server or recovery)
+            rerun = start("ready", after) if after else start("ready")
             run.wait_for(point)
-            if killed:  # this run started after the previous kill: it closed what that one left open
+            if killed:  # this run started its work after the previous kill: it closed what that one left open
                 previous = killed[-1]
                 assert f"recovered: pid {previous[1]} " in run.output, run.output[-3000:]
                 assert not any(p.exists() for p in previous[3]), f"staging left by the kill at {previous[0]}"
@@ -90,13 +95,16 @@ def test_sigkill_at_every_stage_then_the_rerun_publishes_what_an_uninterrupted_r
             killed.append((point, run.process.pid, token, staging_folders(crashed)))
             published = IndexRegistry(crashed / "indexes" / "shop").current()
             assert (published is not None) == (point in PUBLISHED_AFTER), f"after the kill at {point}: {published}"
+            rerun.wait_for("ready")
+            rerun.release("ready")
+            run = rerun
         assert [k[0] for k in killed if k[3]] == ["embed", "fit", "publish", "train"]  # killed mid-build, really
-        last = Rqsid(crashed, *nightly(catalog, interactions), prefect_api=prefect_api)
-        out = last.finish()
+        out = run.finish()
         assert f"recovered: pid {killed[-1][1]} " in out
         uninterrupted.finish()
     finally:
-        uninterrupted.stop()
+        for job in (run, uninterrupted):
+            job.stop()
 
     assert _published(crashed) == _published(fresh)  # exactly what an uninterrupted run publishes
     assert _published(crashed)["model_versions"] == [1]  # registered once, though killed right after registering
@@ -219,14 +227,19 @@ def _layer_rows(home: Path) -> list[dict]:
 
 def test_study_killed_midway_resumes_from_its_finished_fits(tmp_path, study_inputs, prefect_api):
     crashed, fresh = tmp_path / "crashed", tmp_path / "fresh"
-    _kill_when(_study(crashed, study_inputs, prefect_api), lambda: len(_fits(crashed)) >= 2, "two finished fits")
-    finished = len(_fits(crashed))
-    assert not (crashed / "report" / "results.json").exists()  # it really died before the end
+    uninterrupted = _study(fresh, study_inputs, prefect_api)  # alongside
+    try:
+        _kill_when(_study(crashed, study_inputs, prefect_api), lambda: len(_fits(crashed)) >= 2, "two finished fits")
+        finished = len(_fits(crashed))
+        assert not (crashed / "report" / "results.json").exists()  # it really died before the end
 
-    out = _finish(_study(crashed, study_inputs, prefect_api))
+        out = _finish(_study(crashed, study_inputs, prefect_api))
+        _finish(uninterrupted)
+    finally:
+        if uninterrupted.poll() is None:
+            os.killpg(uninterrupted.pid, signal.SIGKILL)
     reused = int(out.split("reused from earlier runs: ")[1].split(" of ")[0])
     # 2 seeds on the real input and on 2 synthetic ones: what was finished was read back, not fitted again
     assert reused == finished and "of 6 fits" in out
     assert len(_fits(crashed)) == 6
-    _finish(_study(fresh, study_inputs, prefect_api))
     assert _layer_rows(crashed) == _layer_rows(fresh)  # resuming changes nothing in the numbers

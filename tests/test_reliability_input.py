@@ -116,6 +116,8 @@ ERROR_CASES = [
     ("gini_threshold=1.5", lambda t, f: ["sids", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
                                          "--set", "prune.gini_threshold=1.5"],
      ["prune.gini_threshold", "less than or equal to 1"]),
+    ("beam_size=5", lambda t, f: ["nightly", "--set", "generator.beam_size=5"],
+     ["generator.beam_size", "greater than or equal to 10"]),
     ("unknown config key", lambda t, f: ["fit", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
                                          "--set", "nosuch=1"], ["nosuch"]),
     ("interactions with unknown items",
