@@ -42,29 +42,44 @@ def register(subparsers) -> None:
 
 
 def _write_tables(out: Path, catalog, interactions) -> None:
-    from rqsid.catalog import validate_catalog, validate_interactions, write_catalog, write_interactions, write_quarantine
+    from rqsid.catalog import validate_catalog, validate_interactions, write_catalog, write_interactions
 
     clean, quarantine = validate_catalog(catalog)
     write_catalog(clean, out / "catalog.parquet")
     print(f"catalog: {clean.num_rows} items -> {out / 'catalog.parquet'}")
-    _report_quarantine(quarantine, out / "quarantine.parquet", write_quarantine)
+    report_quarantine(quarantine, out / "quarantine.parquet")
     if interactions is not None:
         inter, inter_quarantine = validate_interactions(interactions, clean.column("item_id"))
         write_interactions(inter, out / "interactions.parquet")
         users = len(inter.column("user_id").unique())
         print(f"interactions: {inter.num_rows} events of {users} users -> {out / 'interactions.parquet'}")
-        _report_quarantine(inter_quarantine, out / "quarantine_interactions.parquet", write_quarantine)
+        report_quarantine(inter_quarantine, out / "quarantine_interactions.parquet")
 
 
-def _report_quarantine(quarantine, path: Path, write) -> None:
+def report_quarantine(quarantine, path: Path | None) -> None:
+    """Print how many rows were quarantined and why; write them to `path` (when given)."""
+    from rqsid.catalog import quarantine_reasons, write_quarantine
+
     if quarantine.num_rows == 0:
         return
-    import pyarrow.compute as pc
+    reasons = ", ".join(f"{count} {reason}" for reason, count in quarantine_reasons(quarantine).items())
+    where = ""
+    if path is not None:
+        write_quarantine(quarantine, path)
+        where = f" -> {path}"
+    print(f"quarantined {quarantine.num_rows} rows ({reasons}){where}")
 
-    counts = pc.value_counts(quarantine.column("reason")).to_pylist()
-    reasons = ", ".join(f"{c['counts']} {c['values']}" for c in counts)
-    write(quarantine, path)
-    print(f"quarantined {quarantine.num_rows} rows ({reasons}) -> {path}")
+
+def checked_catalog(path: str | Path, quarantine_path: Path | None, codebook_size: int | None = None):
+    """A catalog file validated as `rqsid import` validates it, before anything is embedded: bad rows quarantined
+    (to `quarantine_path`) and counted; RqsidError when no row is left or fewer items than a codebook has codes."""
+    from rqsid.catalog import read_raw_catalog, require_items_for_codebook, validate_catalog
+
+    clean, quarantine = validate_catalog(read_raw_catalog(path))
+    if codebook_size is not None:
+        require_items_for_codebook(clean.num_rows, codebook_size, quarantine.num_rows)
+    report_quarantine(quarantine, quarantine_path)
+    return clean
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -90,18 +105,17 @@ def cmd_demo_catalog(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from rqsid.catalog import read_catalog
     from rqsid.embed import TextEmbedder, embed_catalog
 
     cfg = config_from(args, extra={"embed.model_path": args.model, "embed.batch_size": args.batch_size,
                                    "embed.max_seq_length": args.max_seq_length}).embed
-    catalog = read_catalog(args.catalog)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    catalog = checked_catalog(args.catalog, out.with_name(f"{out.stem}_quarantine.parquet"))
     embedder = TextEmbedder.from_config(cfg)
     start = time.perf_counter()
     table = embed_catalog(catalog, embedder, max_chars=cfg.max_chars, progress=True)
     seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, out)
     print(f"embedded {table.num_rows} items ({embedder.dim}-d) in {seconds:.1f} s, "
           f"{table.num_rows / max(seconds, 1e-9):.0f} items/s -> {out}")

@@ -47,30 +47,24 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _read_table(path: Path, what: str):
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        raise RqsidError(f"{what} file {path} does not exist")
-    return pq.read_table(path)
-
-
 def _load_inputs(args, use_query: bool, seed: int, embed_cfg):
     """(vocab, sequences [with embedded queries], head-item mask)."""
     import numpy as np
 
+    from cli.data import checked_catalog
+    from rqsid.catalog import read_raw_interactions
     from rqsid.generator.data import SidVocab, derive_queries, embed_queries, sequences_from_interactions
     from rqsid.generator.evaluate import head_item_mask
     from rqsid.sids import load_sids
 
     table = load_sids(args.sids, id_offset=args.id_offset)
     vocab = SidVocab.from_sid_table(table)
-    seqs = sequences_from_interactions(_read_table(args.interactions, "interactions"), vocab)
+    seqs = sequences_from_interactions(read_raw_interactions(args.interactions), vocab)
     if use_query:
         if seqs.query_ids is None:
             if args.catalog is None:
                 raise RqsidError("the query variant needs --catalog (no logged queries in the interactions)")
-            seqs = derive_queries(seqs, vocab, _read_table(args.catalog, "catalog"), seed=seed)
+            seqs = derive_queries(seqs, vocab, checked_catalog(args.catalog, None), seed=seed)
         from rqsid.embed import TextEmbedder
 
         seqs = embed_queries(seqs, TextEmbedder.from_config(embed_cfg))

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from cli.options import add_config_flags, config_from
+from rqsid import RqsidError
 from rqsid.home import ProjectHome
 
 
@@ -73,16 +75,30 @@ def register(subparsers) -> None:
 
 def resolve(args: argparse.Namespace, demo: bool):
     """The command's config; on the demo catalog the "demo" profile fills what --config and --set leave open."""
-    return config_from(args, profile="demo" if demo else None)
+    from rqsid.checkpoints import reach
+
+    config = config_from(args, profile="demo" if demo else None)
+    reach("ready")  # imports done, nothing checked, locked or started yet
+    return config
 
 
-def _catalog_lock(catalog: str | None):
+def _catalog_lock(catalog_name: str, command: str):
     """The catalog's run lock, taken before any flow run starts, so a refusal is one line (not a failed flow run
-    and its logged traceback); the reindex flow takes it again (re-entrant) for deployments."""
+    and its logged traceback); the flows take it again (re-entrant), which covers deployment runs."""
     from rqsid.locks import catalog_lock
-    from rqsid.sources import catalog_name_of
 
-    return catalog_lock(ProjectHome.default().root, catalog_name_of(catalog))
+    return catalog_lock(ProjectHome.default().root, catalog_name, what=f"rqsid {command}")
+
+
+def _checked(args: argparse.Namespace, config, fits: bool = True) -> str:
+    """Validate the catalog (and interactions) before any lock, server or flow run: bad input is one line and
+    exit 2 before anything is embedded or fitted. Returns the catalog's name."""
+    from rqsid.sources import catalog_name_of, check_source, is_demo
+
+    catalog, interactions = getattr(args, "catalog", None), getattr(args, "interactions", None)
+    if not is_demo(catalog) or interactions:
+        print(check_source(catalog, interactions, config.quantizer.codebook_size if fits else None), flush=True)
+    return catalog_name_of(catalog)
 
 
 def _run(flow_fn, config, **params) -> dict:
@@ -99,7 +115,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from flows.nightly import nightly
 
     config = resolve(args, demo=args.catalog is None)
-    with _catalog_lock(args.catalog):
+    with _catalog_lock(_checked(args, config), "nightly"):
         result = _run(nightly, config, catalog=args.catalog, interactions=args.interactions, train=not args.no_train)
     _print_drift(result["drift"])
     _print_index(result["reindex"])
@@ -114,7 +130,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     from flows.reindex import reindex
 
     config = resolve(args, demo=args.catalog is None)
-    with _catalog_lock(args.catalog):
+    with _catalog_lock(_checked(args, config), "reindex"):
         result = _run(reindex, config, catalog=args.catalog, interactions=args.interactions, refit=args.refit)
     _print_index(result)
     _print_timing({"wall_s": result["wall_s"], "timing": {"flows": [result["timing"]]}})
@@ -124,10 +140,19 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from flows.retrain import retrain
+    from rqsid.sources import read_interactions_source
+    from rqsid.versioning import IndexRegistry
 
     config = resolve(args, demo=args.catalog_name in (None, "demo"))
-    result = _run(retrain, config, catalog_name=args.catalog_name, index_version=args.index_version,
-                  interactions=args.interactions)
+    name = args.catalog_name or "demo"
+    index = IndexRegistry(ProjectHome.default().indexes / name)  # bad input: one line before any server or flow
+    if (index.path(args.index_version) if args.index_version else index.current_path()) is None:
+        raise RqsidError(f"catalog {name!r} has no published index; run `rqsid reindex` first")
+    if args.interactions:
+        read_interactions_source(args.interactions)
+    with _catalog_lock(name, "retrain"):
+        result = _run(retrain, config, catalog_name=args.catalog_name, index_version=args.index_version,
+                      interactions=args.interactions)
     _print_model(result)
     _print_timing({"wall_s": result["wall_s"], "timing": {"flows": [result["timing"]]}})
     return 0
@@ -137,7 +162,8 @@ def cmd_drift(args: argparse.Namespace) -> int:
     from flows.drift_watch import drift_watch
 
     config = resolve(args, demo=args.catalog is None)
-    result = _run(drift_watch, config, catalog=args.catalog, emit=not args.no_emit)
+    with _catalog_lock(_checked(args, config, fits=False), "drift"):
+        result = _run(drift_watch, config, catalog=args.catalog, emit=not args.no_emit)
     _print_drift(result)
     return 0
 
@@ -147,40 +173,68 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from tasks.services import prefect_api
 
     config = resolve(args, demo=args.catalog is None)
-    with prefect_api(config) as api:
+    _checked(args, config)
+    with prefect_api(config) as api:  # prefect's runner stops its flow runs on SIGTERM; Ctrl-C ends serve_all
         print(f"serving deployments 'nightly' (cron {NIGHTLY_CRON} UTC) and 'retrain-on-drift' "
-              f"(trigger rqsid.drift.detected) against {api}; Ctrl-C stops", flush=True)
-        serve_all(args.catalog, args.interactions, config)
+              f"(trigger rqsid.drift.detected) against {api}; Ctrl-C or SIGTERM stops", flush=True)
+        with _interrupted_by_signals():
+            serve_all(args.catalog, args.interactions, config)
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from tasks.services import start_prefect_server
+    from tasks.home_server import join, leave, running
 
     home = ProjectHome.default().activate()
-    handle = start_prefect_server(home, args.port)
-    print(f"Prefect server: {handle.url} (API {handle.api_url}); state in {home.prefect}; log {handle.log_path}")
-    print(f"use it from another shell with: export PREFECT_API_URL={handle.api_url}")
-    return _wait(handle)
+    with _interrupted_by_signals():
+        server = join(home, args.port)
+        try:
+            print(f"Prefect server of {home.root}: {server.url} (API {server.api_url}), "
+                  f"{'started' if server.started else 'already running'}; state in {home.prefect}", flush=True)
+            print("rqsid commands of this home use it; it stops after this command and the last of them end "
+                  "(Ctrl-C or SIGTERM ends this one). For the prefect CLI: "
+                  f"export PREFECT_API_URL={server.api_url}", flush=True)
+            while running(home) is not None:
+                time.sleep(1.0)  # watching the server; a signal ends the wait at once
+            print(f"the Prefect server of {home.root} stopped; see {home.root / 'server'}", flush=True)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            leave(home)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from tasks.services import start_mlflow_ui
 
     home = ProjectHome.default().activate()
-    handle = start_mlflow_ui(home, args.port)
-    print(f"MLflow UI: {handle.url} (store {home.mlflow_uri}); Ctrl-C stops")
-    return _wait(handle)
-
-
-def _wait(handle) -> int:
-    try:
-        handle.process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        handle.stop()
+    with _interrupted_by_signals():
+        handle = start_mlflow_ui(home, args.port)
+        try:
+            print(f"MLflow UI: {handle.url} (store {home.mlflow_uri}); Ctrl-C or SIGTERM stops", flush=True)
+            handle.process.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            handle.stop(timeout_s=10.0)
     return 0
+
+
+@contextmanager
+def _interrupted_by_signals():
+    """SIGTERM (systemd, supervisord, docker stop) and SIGHUP end the block as Ctrl-C does, so that the
+    `finally` that stops child servers runs."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    before = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 # ---------------------------------------------------------------- output

@@ -77,10 +77,11 @@ def _embeddings(args: argparse.Namespace, config, out: Path):
         return read_embeddings(args.embeddings)
     import numpy as np
 
-    from rqsid.catalog import read_catalog
+    from cli.data import checked_catalog
     from rqsid.embed import TextEmbedder, embed_catalog
 
-    catalog = read_catalog(args.catalog)
+    codebook_size = None if getattr(args, "tokenizer", None) else config.quantizer.codebook_size
+    catalog = checked_catalog(args.catalog, out / "quarantine.parquet", codebook_size)
     start = step(f"embedding {catalog.num_rows} items of {args.catalog}")
     table = embed_catalog(catalog, TextEmbedder.from_config(config.embed), max_chars=config.embed.max_chars, progress=True)
     item_ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(object)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rqsid.checkpoints import reach
 from rqsid.config import RqsidConfig
 from rqsid.jsonio import json_default
 
@@ -114,6 +115,7 @@ def catalog_stage(recorder: FlowRecorder, catalog, interactions, demo_items):
 
     with recorder.stage("catalog") as stage:
         cat = load_catalog(catalog, interactions, demo_items)
+        reach("catalog")
         stage.compute_s, stage.lineage = cat.compute_s, {"catalog": cat.version}
         stage.metrics = {"n_items": cat.n_items, "n_quarantined": cat.n_quarantined,
                          "catalog_gate_raw_success": float(cat.gates["catalog_raw"]["success"])}

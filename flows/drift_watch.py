@@ -11,6 +11,8 @@ from prefect import flow, get_run_logger
 
 from flows.common import FlowRecorder, catalog_stage, embed_stage
 from rqsid.config import RqsidConfig
+from rqsid.home import ProjectHome
+from rqsid.locks import catalog_lock
 from rqsid.sources import DEMO_ITEMS, DEMO_SOURCE, catalog_name_of
 from tasks.common import registry
 from tasks.index import measure_drift
@@ -42,7 +44,7 @@ def drift_watch(catalog: str | None = None, config: RqsidConfig | None = None, d
     cfg = config or RqsidConfig()
     logger = get_run_logger()
     recorder = FlowRecorder("drift_watch", catalog_name_of(catalog), cfg)
-    with recorder.run():
+    with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), what="drift"), recorder.run():
         cat = catalog_stage(recorder, catalog, interactions, demo_items)
         current = registry(cat.name).current_path()
         if current is None:

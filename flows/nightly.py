@@ -17,6 +17,8 @@ from flows.drift_watch import drift_watch
 from flows.reindex import reindex
 from flows.retrain import retrain
 from rqsid.config import RqsidConfig
+from rqsid.home import ProjectHome
+from rqsid.locks import catalog_lock
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
 
 
@@ -26,7 +28,8 @@ def nightly(catalog: str | None = None, interactions: str | None = None, config:
     cfg = config or RqsidConfig()
     started = time.perf_counter()
     recorder = FlowRecorder("nightly", catalog_name_of(catalog), cfg)
-    with recorder.run():  # the three flows' MLflow runs nest under this one
+    # one lock for the whole chain (its flows re-enter it), and the three flows' MLflow runs nest under this one
+    with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), what="nightly"), recorder.run():
         drift = drift_watch(catalog=catalog, config=cfg, demo_items=demo_items, interactions=interactions)
         index = reindex(catalog=catalog, interactions=interactions, config=cfg,
                         refit=True if drift["index_version"] is None else bool(drift["drifted"]), demo_items=demo_items)

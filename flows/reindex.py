@@ -55,7 +55,7 @@ def reindex(
     cfg = config or RqsidConfig()
     logger = get_run_logger()
     recorder = FlowRecorder("reindex", catalog_name_of(catalog), cfg)
-    with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), lock_wait_s), recorder.run():
+    with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), lock_wait_s, "reindex"), recorder.run():
         cat = catalog_stage(recorder, catalog, interactions, demo_items)
         current = registry(cat.name).current_path()
         emb = embed_stage(recorder, cat, cfg, current)

@@ -14,7 +14,10 @@ from prefect import flow, get_run_logger
 
 from flows.common import FlowRecorder
 from rqsid import RqsidError
+from rqsid.checkpoints import reach
 from rqsid.config import RqsidConfig
+from rqsid.home import ProjectHome
+from rqsid.locks import catalog_lock
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
 from tasks.champion import contest
 from tasks.common import registry
@@ -22,6 +25,7 @@ from tasks.generator import flat_metrics, interactions_of, mark_registered, stag
 from tasks.serving import model_name, register_bundle
 
 __all__ = ["model_name", "retrain"]
+GENERATOR_TAG = "rqsid.generator"  # a model version's tag: the generator version it holds
 
 @flow(name="retrain", log_prints=True)
 def retrain(
@@ -49,7 +53,7 @@ def retrain(
         raise RqsidError(f"catalog {catalog_name!r} has no published index; run `rqsid reindex` first")
     recorder = FlowRecorder("retrain", catalog_name, cfg)
     name = model_name(catalog_name)
-    with recorder.run():
+    with catalog_lock(ProjectHome.default().root, catalog_name, what="retrain"), recorder.run():
         recorder.lineage["index"] = index_dir.name
         with recorder.stage("train") as stage:
             inter = Path(stage_interactions(interactions, index_dir)) if interactions else interactions_of(index_dir)
@@ -84,13 +88,17 @@ def retrain(
 
 
 def _register(recorder: FlowRecorder, gen, outcome, name: str, logger) -> tuple[int, bool, int | None, int]:
-    """Register the challenger once (a rerun finds the recorded version); promote it when it won, else
-    register the champion serving today's index when it was rebound. Returns (challenger version, promoted,
-    previous champion version, champion version now)."""
+    """Register the challenger once (a rerun finds the recorded version; a run killed between registering and
+    recording it left the version in MLflow, found by its tag: never registered twice); promote it when it
+    won, else register the champion serving today's index when it was rebound. Returns (challenger version,
+    promoted, previous champion version, champion version now)."""
     tracker = recorder.tracker
-    version = gen.registrations.get(name)
+    version = gen.registrations.get(name) or tracker.version_tagged(name, GENERATOR_TAG, gen.version)
     if version is None:
-        version = register_bundle(tracker, outcome.challenger, name, outcome.challenger_figures, flat_metrics(gen.metrics))
+        version = register_bundle(tracker, outcome.challenger, name, outcome.challenger_figures, flat_metrics(gen.metrics),
+                                  tags={GENERATOR_TAG: gen.version})
+        reach("register")
+    if gen.registrations.get(name) is None:
         mark_registered(gen, name, version)
     previous = outcome.champion.version if outcome.champion else None
     if previous == version:

@@ -44,8 +44,15 @@ def _relaxed(schema: pa.Schema, metadata=None) -> pa.Schema:
     return pa.schema([f.with_nullable(True) for f in schema], metadata=metadata)
 
 
-def _strict(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast to the canonical schema, keeping the table's metadata (e.g. rqsid.synthetic)."""
+def _strict(table: pa.Table, schema: pa.Schema, what: str = "table") -> pa.Table:
+    """Cast to the canonical schema, keeping the table's metadata (e.g. rqsid.synthetic); a null in a required
+    column is an RqsidError naming the rows (validation quarantines them before this point)."""
+    for field in schema:
+        column = table.column(field.name)
+        if not field.nullable and column.null_count:
+            rows = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))
+            raise RqsidError(f"{what}: {len(rows)} rows without {field.name} (rows {', '.join(map(str, rows[:5]))}"
+                             f"{', ...' if len(rows) > 5 else ''}); `rqsid import` quarantines such rows")
     return table.cast(schema.with_metadata(table.schema.metadata or {}))
 
 
@@ -98,11 +105,24 @@ def _write(table: pa.Table, path: str | Path) -> Path:
 
 
 def read_catalog(path: str | Path) -> pa.Table:
-    return _strict(conform(_read(path), CATALOG_SCHEMA, f"catalog {path}"), CATALOG_SCHEMA)
+    """A canonical catalog file (as `rqsid import` writes it); RqsidError on rows without an id."""
+    return _strict(read_raw_catalog(path), CATALOG_SCHEMA, f"catalog {path}")
+
+
+def read_raw_catalog(path: str | Path) -> pa.Table:
+    """A catalog parquet in the canonical columns, not yet validated: rows without an id are kept, for
+    `validate_catalog` to quarantine."""
+    return conform(_read(path), CATALOG_SCHEMA, f"catalog {path}")
 
 
 def read_interactions(path: str | Path) -> pa.Table:
-    return _strict(conform(_read(path), INTERACTIONS_SCHEMA, f"interactions {path}"), INTERACTIONS_SCHEMA)
+    """A canonical interactions file; RqsidError on rows without a user, item or seq."""
+    return _strict(read_raw_interactions(path), INTERACTIONS_SCHEMA, f"interactions {path}")
+
+
+def read_raw_interactions(path: str | Path) -> pa.Table:
+    """An interactions parquet in the canonical columns, not yet validated (see read_raw_catalog)."""
+    return conform(_read(path), INTERACTIONS_SCHEMA, f"interactions {path}")
 
 
 def _read(path: str | Path) -> pa.Table:
@@ -163,8 +183,21 @@ def validate_catalog(table: pa.Table) -> tuple[pa.Table, pa.Table]:
         table, {"missing item_id": missing_id, "duplicate item_id": duplicate, "no text": no_text}
     )
     if clean.num_rows == 0:
-        raise RqsidError(f"catalog has no valid rows ({quarantine.num_rows} quarantined)")
+        raise RqsidError(f"catalog has no valid rows ({quarantine.num_rows} quarantined: "
+                         f"{_reasons_text(quarantine)})")
     return _strict(clean, CATALOG_SCHEMA), quarantine
+
+
+def require_items_for_codebook(n_items: int, codebook_size: int, quarantined: int = 0) -> None:
+    """A tokenizer fit needs at least as many items as a codebook has codes: say so before any embedding."""
+    if n_items < codebook_size:
+        after = f" after quarantining {quarantined} rows" if quarantined else ""
+        raise RqsidError(f"catalog has {n_items} valid items{after} but quantizer.codebook_size={codebook_size}: "
+                         "a tokenizer needs at least as many items as codes; lower quantizer.codebook_size")
+
+
+def _reasons_text(quarantine: pa.Table) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in quarantine_reasons(quarantine).items())
 
 
 def _no_categories(table: pa.Table) -> np.ndarray:
@@ -195,7 +228,8 @@ def validate_interactions(inter: pa.Table, item_ids) -> tuple[pa.Table, pa.Table
         },
     )
     if clean.num_rows == 0:
-        raise RqsidError(f"interactions have no valid rows ({quarantine.num_rows} quarantined)")
+        raise RqsidError(f"interactions have no valid rows ({quarantine.num_rows} quarantined: "
+                         f"{_reasons_text(quarantine)})")
     return _strict(clean, INTERACTIONS_SCHEMA), quarantine
 
 

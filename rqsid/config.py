@@ -123,7 +123,7 @@ class GeneratorConfig(_Section):
     patience: int = Field(10, ge=1, description="validations without a gain before stopping")
     lr_decay: float = Field(0.5, gt=0, le=1, description="learning-rate factor at each validation plateau")
     lr_decay_patience: int = Field(3, ge=1, description="validations without a gain that make a plateau")
-    beam_size: int = Field(20, ge=1)
+    beam_size: int = Field(20, ge=10, description="beams kept while generating; at least 10: the metrics rank 10 items")
     item_loss_weight: float = Field(0.0, ge=0, description="weight of an item-level full-softmax loss over item vectors composed from SID tokens (+ text)")
     rank_mix: float = Field(0.0, ge=0, description="weight of the item-level log-probability in the ranking score of beam candidates")
     candidates: Literal["beam", "union"] = Field("beam", description="rank the beam's items, or the beam's and the item-level top items together")

@@ -181,6 +181,9 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
     if len(bad):
         raise RqsidError(f"embeddings {path}: NaN or inf in rows {_rows(bad)} (item_ids {_rows(ids[bad])})")
+    if len(set(ids)) < len(ids):  # a set is much faster than sorting 1M strings
+        values, counts = np.unique(ids.astype(str), return_counts=True)
+        raise RqsidError(f"embeddings {path}: duplicate item_ids {_rows(values[counts > 1])}")
     return ids, X
 
 

@@ -154,9 +154,7 @@ def _check_codes(item_ids: np.ndarray, codes: np.ndarray, level_sizes: Sequence[
     bad = np.flatnonzero(((codes < -1) | (codes >= sizes)).any(axis=1))
     if len(bad):
         raise RqsidError(f"{len(bad)} rows have codes outside [-1, level size), e.g. rows {bad[:5].tolist()}")
-    if len(set(item_ids)) < len(item_ids):  # a set is much faster than sorting 1M strings
-        ids, counts = np.unique(item_ids.astype(str), return_counts=True)
-        raise RqsidError(f"duplicate item ids: {ids[counts > 1][:5].tolist()}")
+    _check_ids(item_ids, "SIDs")
 
 
 def assign_sids(
@@ -205,12 +203,26 @@ def read_sids(path: str | Path) -> SidTable:
         raise RqsidError(f"{path} has no rqsid.level_sizes metadata; not a SID table")
     level_sizes = tuple(json.loads(metadata[LEVEL_SIZES_KEY]))
     pruning = json.loads(metadata[PRUNING_KEY]) if PRUNING_KEY in metadata else None
+    missing = [c for c in ("item_id", *(f"c{n + 1}" for n in range(len(level_sizes))), "dedup") if c not in arrow.column_names]
+    if missing:
+        raise RqsidError(f"SID file {path} lacks the columns {missing} (it has {arrow.column_names})")
     codes = np.zeros((arrow.num_rows, len(level_sizes)), dtype=np.int64)
     for level in range(len(level_sizes)):
         codes[:, level] = _int_column(arrow, f"c{level + 1}")
     dedup = _int_column(arrow, "dedup")
     item_ids = np.asarray(arrow.column("item_id").to_pylist(), dtype=object)
+    _check_ids(item_ids, f"SID file {path}")
     return SidTable(item_ids, codes, dedup, level_sizes, pruning)
+
+
+def _check_ids(item_ids: np.ndarray, what: str) -> None:
+    """Every SID names one item: no empty ids, no id twice."""
+    missing = np.flatnonzero([i is None or i == "" for i in item_ids])
+    if len(missing):
+        raise RqsidError(f"{what}: {len(missing)} rows without item_id (rows {missing[:5].tolist()})")
+    if len(set(item_ids)) < len(item_ids):  # a set is much faster than sorting 1M strings
+        ids, counts = np.unique(item_ids.astype(str), return_counts=True)
+        raise RqsidError(f"{what}: duplicate item ids {ids[counts > 1][:5].tolist()}")
 
 
 def _parse_reference_tokens(key: str, tokens: list[str]) -> list[int]:

@@ -31,9 +31,9 @@ def read_source(source: str | None, demo_items: int = DEMO_ITEMS) -> tuple[pa.Ta
         return make_demo_catalog(n_items=demo_items, seed=0)
     path = Path(source)
     if path.suffix == ".parquet" and path.is_file():
-        from rqsid.catalog import read_catalog
+        from rqsid.catalog import read_raw_catalog
 
-        return read_catalog(path), None
+        return read_raw_catalog(path), None
     from rqsid.importers import import_dataset
 
     return import_dataset(path)
@@ -42,9 +42,32 @@ def read_source(source: str | None, demo_items: int = DEMO_ITEMS) -> tuple[pa.Ta
 def read_interactions_source(source: str | Path) -> pa.Table:
     """Interactions from a canonical parquet file or any table the importers read (CSV, JSONL, ...)."""
     if str(source).endswith(".parquet"):
-        from rqsid.catalog import read_interactions
+        from rqsid.catalog import read_raw_interactions
 
-        return read_interactions(source)
+        return read_raw_interactions(source)
     from rqsid.importers import import_interactions_table
 
     return import_interactions_table(source)
+
+
+def check_source(source: str | None, interactions: str | None = None, codebook_size: int | None = None) -> str:
+    """Read and validate a catalog (and interactions) the way a re-index will, before anything is embedded
+    or fitted: RqsidError (one line) when nothing usable is left or when there are fewer items than a
+    codebook has codes. Returns a one-line summary, with the rows that will be quarantined."""
+    from rqsid.catalog import quarantine_reasons, require_items_for_codebook, validate_catalog, validate_interactions
+
+    raw, raw_inter = read_source(source)
+    clean, quarantine = validate_catalog(raw)
+    if codebook_size is not None:
+        require_items_for_codebook(clean.num_rows, codebook_size, quarantine.num_rows)
+    summary = f"catalog {catalog_name_of(source)}: {clean.num_rows} items"
+    if quarantine.num_rows:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in quarantine_reasons(quarantine).items())
+        summary += f"; {quarantine.num_rows} rows will be quarantined ({reasons})"
+    if interactions:
+        raw_inter = read_interactions_source(interactions)
+    if raw_inter is not None:
+        inter, inter_quarantine = validate_interactions(raw_inter, clean.column("item_id"))
+        summary += f"; {inter.num_rows} interactions" + (f" ({inter_quarantine.num_rows} to quarantine)"
+                                                         if inter_quarantine.num_rows else "")
+    return summary

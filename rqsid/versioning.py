@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,7 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rqsid import RqsidError
+from rqsid.checkpoints import reach
 from rqsid.jsonio import to_jsonable, write_json_atomic
+from rqsid.locks import try_lock
 
 HASH_CHARS = 16
 MANIFEST = "manifest.json"
@@ -94,6 +96,36 @@ def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # ---------------------------------------------------------------- the version store
 
+STAGING_SUFFIX = ".staging-lock"
+
+
+def _claim_staging(parent: Path, version: str) -> tuple[Path, int]:
+    """A new folder `.<version>.<random>` and its lock file, locked before the folder exists, so a staging
+    folder is always either locked by the live process filling it or abandoned."""
+    while True:
+        name = f".{version}.{secrets.token_hex(4)}"
+        try:
+            fd = os.open(parent / f"{name}{STAGING_SUFFIX}", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        if not try_lock(fd):  # just created under a random name: cannot be held elsewhere
+            os.close(fd)
+            continue
+        (parent / name).mkdir()
+        return parent / name, fd
+
+
+def _open_existing(path: Path) -> int | None:
+    try:
+        return os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+
+
+def _release_staging(folder: Path, fd: int) -> None:
+    folder.with_name(folder.name + STAGING_SUFFIX).unlink(missing_ok=True)
+    os.close(fd)
+
 
 @dataclass(frozen=True)
 class Artifact:
@@ -134,10 +166,11 @@ class VersionStore:
     @contextmanager
     def staging(self, kind: str, version: str) -> Iterator[Path]:
         """A temporary folder beside the final one; the caller fills it, we write the manifest last and
-        rename it into place. If another process got there first, its copy wins and ours is dropped."""
+        rename it into place. If another process got there first, its copy wins and ours is dropped.
+        While it is filled, its lock file is held: `clean_staging` removes only folders whose lock is free."""
         final = self.path(kind, version)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+        tmp, lock = _claim_staging(final.parent, version)
         try:
             yield tmp
             if not (tmp / MANIFEST).exists():
@@ -149,6 +182,25 @@ class VersionStore:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            _release_staging(tmp, lock)
+
+    def clean_staging(self) -> list[Path]:
+        """Remove the half-built staging folders that dead processes left (SIGKILL, power loss); a folder
+        that a live process is filling stays (its lock file is held). Returns the folders removed."""
+        removed = []
+        for folder in sorted(p for p in Path(self.root).glob("*/.*") if p.is_dir()):
+            lock = folder.with_name(folder.name + STAGING_SUFFIX)
+            fd = _open_existing(lock)
+            try:
+                if fd is not None and not try_lock(fd):
+                    continue  # its process is alive and filling it
+                shutil.rmtree(folder, ignore_errors=True)  # no lock file: made before locks, or being released
+                lock.unlink(missing_ok=True)
+                removed.append(folder)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+        return removed
 
     def get_or_create(
         self, kind: str, version: str, build: Callable[[Path], Mapping[str, Any]]
@@ -200,6 +252,7 @@ class IndexRegistry:
         """Write the version (unless it exists) then point `current` at it; readers see the old
         version or the new one, never a mixture."""
         artifact = self.store.get_or_create("versions", version, build)
+        reach("current")
         self.set_current(version)
         return artifact
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from rqsid.checkpoints import reach
 from rqsid.config import EmbedConfig, OrchestrationConfig
 from rqsid.embed import read_embeddings, write_embeddings
 from rqsid.home import ProjectHome
@@ -90,6 +91,7 @@ def embed_items(catalog: CatalogVersion, config: EmbedConfig, orchestration: Orc
             X[todo] = new_X
         with watch.compute():
             write_embeddings(folder / "embeddings.parquet", ids, X)
+        reach("embed")
         return {"catalog": catalog.version, "embed_config": config.model_dump(mode="json"), "n_items": len(ids),
                 "n_embedded": int(todo.sum()), "dim": int(X.shape[1]), "stats": stats}
 

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from rqsid import RqsidError
 from rqsid.catalog import read_interactions, validate_interactions, write_interactions, write_quarantine
+from rqsid.checkpoints import reach
 from rqsid.config import GeneratorConfig
 from rqsid.home import ProjectHome
 from rqsid.index import IndexSnapshot, index_manifest, item_embeddings, read_index_sids
@@ -90,6 +91,7 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
             # item vectors from text: the embeddings of the index's embeddings version, in SID-table row order
             features = item_embeddings(index_dir, store(home)) if config.item_text else None
             trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info, item_features=features)
+            reach("train")
             head = head_item_mask(IndexSnapshot.load(index_dir).unpruned(), vocab)
             metrics = {split: evaluate_split(trained, seqs, split, head)[0] for split in ("valid", "test")}
         return {"index": Path(index_dir).name, "interactions": str(interactions_file), "metrics": metrics,

@@ -11,6 +11,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from rqsid.checkpoints import reach
 from rqsid.config import DriftConfig, GateConfig, PruneConfig
 from rqsid.drift import DriftReport, apply_removed_tokens, drift_report
 from rqsid.home import ProjectHome
@@ -169,6 +170,7 @@ def publish_index(version: str, catalog: CatalogVersion, embeddings: EmbeddingsV
         with watch.compute():
             write_index_files(folder, sids.table, ids, hashes, sids.codes, sids.report, sids.gates, sids.prune_trace,
                               tokenizer.model_dir)
+        reach("publish")
         level2 = next((layer for layer in sids.report["layers"] if layer["level"] == 2), None)
         return {
             "catalog_name": catalog.name,

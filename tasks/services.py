@@ -1,5 +1,6 @@
 """Local services: a Prefect server and the MLflow UI, bound to 127.0.0.1, state under the project home;
-and the Prefect API a command runs its flows against, after checking that configured remote services answer.
+and the Prefect API a command runs its flows against (the configured one, else the home's own server,
+tasks.home_server), after checking that configured remote services answer.
 
 Each service runs as a child process in its own process group (servers spawn helpers), waits for
 its health endpoint with a bounded timeout, and `.stop()` ends the whole group.
@@ -7,8 +8,8 @@ its health endpoint with a bounded timeout, and `.stop()` ends the whole group.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,7 @@ from rqsid.config import RqsidConfig
 from rqsid.home import ProjectHome
 
 HOST = "127.0.0.1"
+HOME_SERVER = "home"  # what a process notes (rqsid.liveness) when it ran flows on its home's own server
 _POLL_S = 0.25
 
 
@@ -117,7 +119,9 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _launch(name: str, command: list[str], home: ProjectHome, port: int, health_url: str, url: str,
-            timeout_s: float, extra_env: dict[str, str] | None = None) -> ServerHandle:
+            timeout_s: float, extra_env: dict[str, str] | None = None, ours=None) -> ServerHandle:
+    """Start the server and wait until it answers; `ours()` (when given) must also confirm that the server
+    answering is the one we started, not another that took the port meanwhile."""
     if port_in_use(port):
         what = "a healthy server" if _healthy(health_url) else "another program"
         raise RqsidError(f"cannot start {name}: port {port} on {HOST} is already in use by {what}")
@@ -130,15 +134,17 @@ def _launch(name: str, command: list[str], home: ProjectHome, port: int, health_
                                    start_new_session=True)
     handle = ServerHandle(name, url, health_url, process, log_path)
     deadline = time.monotonic() + timeout_s
-    while not _healthy(health_url, timeout_s=1.0):
-        if process.poll() is not None:
-            handle.stop()
-            raise RqsidError(f"{name} exited with code {process.returncode} before it was ready; "
-                             f"last log lines ({log_path}):\n{_tail(log_path)}")
-        if time.monotonic() > deadline:
-            handle.stop()
-            raise RqsidError(f"{name} was not ready within {timeout_s:g} s; see {log_path}")
-        time.sleep(_POLL_S)
+    try:
+        while not (_healthy(health_url, timeout_s=1.0) and (ours is None or ours())):
+            if process.poll() is not None:
+                raise RqsidError(f"{name} exited with code {process.returncode} before it was ready; "
+                                 f"last log lines ({log_path}):\n{_tail(log_path)}")
+            if time.monotonic() > deadline:
+                raise RqsidError(f"{name} was not ready within {timeout_s:g} s; see {log_path}")
+            time.sleep(_POLL_S)
+    except BaseException:  # including SIGTERM turned into SystemExit: never leave a server behind
+        handle.stop()
+        raise
     return handle
 
 
@@ -146,37 +152,30 @@ def _launch(name: str, command: list[str], home: ProjectHome, port: int, health_
 
 
 def start_prefect_server(home: ProjectHome, port: int = 4200, timeout_s: float = 120.0) -> ServerHandle:
-    """`prefect server start` on 127.0.0.1:port with PREFECT_HOME in the home; ready when /api/health answers."""
+    """`prefect server start` on 127.0.0.1:port with PREFECT_HOME in the home; ready when /api/health answers
+    and the server reports this home as its PREFECT_HOME."""
+    from tasks.home_server import serves_home
+
     url = f"http://{HOST}:{port}"
     command = [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
-    handle = _launch("prefect server", command, home, port, f"{url}/api/health", url, timeout_s)
+    handle = _launch("prefect server", command, home, port, f"{url}/api/health", url, timeout_s,
+                     ours=lambda: serves_home(f"{url}/api", home))
     handle.api_url = f"{url}/api"
     return handle
 
 
-_STARTED: list[ServerHandle] = []
+def ensure_prefect_api(home: ProjectHome, port: int | None = None, timeout_s: float = 150.0) -> str:
+    """The Prefect API this process runs flows against: PREFECT_API_URL when set (it must answer), else the
+    home's own server (tasks.home_server: joined, or started; this process holds a lease on it until it exits
+    or calls `home_server.leave`). Never a server that merely happens to listen on a port."""
+    from tasks.home_server import join
 
-
-def _stop_started() -> None:
-    while _STARTED:
-        _STARTED.pop().stop()
-
-
-atexit.register(_stop_started)
-
-
-def ensure_prefect_api(home: ProjectHome, port: int = 4200, timeout_s: float = 120.0) -> str:
-    """A healthy Prefect API URL: PREFECT_API_URL if it answers, else a server on 127.0.0.1:port (or a free
-    port when that one is taken), started now and stopped when this process exits. Sets PREFECT_API_URL."""
-    candidates = [os.environ.get("PREFECT_API_URL"), f"http://{HOST}:{port}/api"]
-    for api_url in filter(None, candidates):
-        if _healthy(f"{api_url.rstrip('/')}/health"):
-            os.environ["PREFECT_API_URL"] = api_url
-            return api_url
-    handle = start_prefect_server(home, port if not port_in_use(port) else free_port(), timeout_s)
-    _STARTED.append(handle)
-    os.environ["PREFECT_API_URL"] = handle.api_url
-    return handle.api_url
+    configured = os.environ.get("PREFECT_API_URL")
+    if configured:
+        if not _healthy(f"{configured.rstrip('/')}/health"):
+            raise RqsidError(f"PREFECT_API_URL={configured} does not answer; unset it to use this home's own server")
+        return configured
+    return join(home, port, timeout_s).api_url
 
 
 # ---------------------------------------------------------------- the Prefect API a command runs flows against
@@ -184,18 +183,96 @@ def ensure_prefect_api(home: ProjectHome, port: int = 4200, timeout_s: float = 1
 
 @contextmanager
 def prefect_api(config: RqsidConfig) -> Iterator[str]:
-    """The configured Prefect API, else a healthy local server (started now, stopped at exit)."""
+    """The configured Prefect API, else the home's own server, for the block. Before it: what dead processes
+    of this home left open is closed (tasks.recovery). Flow runs started in the block are tagged with this
+    process's token; if the API stops answering mid-run, the block ends in one RqsidError naming it."""
+    from prefect import tags
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from rqsid.liveness import this_process
+    from tasks.home_server import leave
+    from tasks.recovery import recover
 
     home = ProjectHome.default().activate()
     preflight(config)
-    if config.orchestration.prefect_api_url:
-        os.environ["PREFECT_API_URL"] = config.orchestration.prefect_api_url
+    configured = config.orchestration.prefect_api_url or os.environ.get("PREFECT_API_URL")
     started = time.perf_counter()
-    api = ensure_prefect_api(home)
-    print(f"prefect API: {api} (ready in {time.perf_counter() - started:.1f} s)", flush=True)
-    with temporary_settings(updates={PREFECT_API_URL: api}):
-        yield api
+    api = config.orchestration.prefect_api_url or ensure_prefect_api(home)
+    try:
+        whose = "configured" if configured else f"this home's server, log in {home.root / 'server'}"
+        print(f"prefect API: {api} ({whose}; ready in {time.perf_counter() - started:.1f} s)", flush=True)
+        record = this_process(home.root)
+        record.note("prefect", api if configured else HOME_SERVER)
+        with _environment("PREFECT_API_URL", api), temporary_settings(updates={PREFECT_API_URL: api}):
+            for line in recover(home, api if configured else HOME_SERVER):
+                print(f"recovered: {line}", flush=True)
+            try:
+                with tags(record.prefect_tag), _console_for_users(api):
+                    yield api
+            except Exception as err:
+                if _healthy(f"{api.rstrip('/')}/health"):
+                    raise
+                logging.raiseExceptions = False  # Prefect's log worker would print each failed send at exit
+                record.left_open = True  # its flow runs are still Running: the next command marks them
+                cause = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".rstrip(": ")
+                raise RqsidError(f"the Prefect API {api} stopped answering mid-run ({cause}); this run's flow runs "
+                                 f"are marked crashed when the next rqsid command of {home.root} starts") from None
+    finally:
+        leave(home)
+
+
+class _ConsoleForUsers(logging.Filter):
+    """What Prefect's console handler shows during a command. A user error (RqsidError, e.g. a failed gate)
+    that ends a task or flow run is its message line, not a traceback. While the Prefect API does not answer,
+    Prefect's warnings and errors (each about the lost API, with tracebacks) are not shown: the command ends
+    with one line that names the cause. The flow run's logs in Prefect keep everything (the API handler, on
+    the `prefect.flow_runs` logger, sees each record before this handler on the root logger does)."""
+
+    def __init__(self, api_url: str):
+        super().__init__()
+        self.health_url = f"{api_url.rstrip('/')}/health"
+        self._checked_at, self._answers = 0.0, True
+
+    def api_answers(self) -> bool:
+        if time.monotonic() - self._checked_at > 1.0:  # one probe a second at most, and only for warnings
+            self._answers, self._checked_at = _healthy(self.health_url, timeout_s=1.0), time.monotonic()
+        return self._answers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING and not self.api_answers():
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], RqsidError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+@contextmanager
+def _console_for_users(api_url: str) -> Iterator[None]:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    consoles = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    console_filter = _ConsoleForUsers(api_url)
+    for handler in consoles:
+        handler.addFilter(console_filter)
+    try:
+        yield
+    finally:
+        for handler in consoles:
+            handler.removeFilter(console_filter)
+
+
+@contextmanager
+def _environment(name: str, value: str) -> Iterator[None]:
+    """os.environ[name] = value for the block (child processes inherit it), restored after."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def preflight(config: RqsidConfig, timeout_s: float = 5.0) -> None:

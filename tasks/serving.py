@@ -185,14 +185,14 @@ def register_bundle(tracker: Tracker, bundle: Bundle, name: str, registration: d
     example = pd.DataFrame({"history": [[str(i) for i in bundle.table.item_ids[:3]]]})
     if bundle.trained.cfg.use_query:
         example["query"] = [str(bundle.titles[0]) or "product"]
+    # the version's tags are set with it, in one transaction: a lookup by tag never finds a half-made version
+    version_tags = {"rqsid.index_version": bundle.index_version, "rqsid.trained_index_version": bundle.trained_index_version,
+                    **{REGISTRATION_TAG + key: repr(float(value)) for key, value in registration.items()}, **(tags or {})}
     with tempfile.TemporaryDirectory(prefix="rqsid-bundle-") as folder:
         version = tracker.register_generator(save_bundle(bundle, Path(folder) / "bundle"), name, metrics or {},
                                              default_pip_requirements(), python_model=str(MODEL_CODE),
-                                             signature=signature(), metadata=meta, input_example=(example, {"k": 10}))
-    version_tags = {"rqsid.index_version": bundle.index_version, "rqsid.trained_index_version": bundle.trained_index_version,
-                    **{REGISTRATION_TAG + key: repr(float(value)) for key, value in registration.items()}, **(tags or {})}
-    for key, value in version_tags.items():
-        tracker.client.set_model_version_tag(name, str(version), key, str(value))
+                                             signature=signature(), metadata=meta, input_example=(example, {"k": 10}),
+                                             tags={key: str(value) for key, value in version_tags.items()})
     return version
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from rqsid.checkpoints import reach
 from rqsid.config import QuantizerConfig
 from rqsid.embed import read_embeddings
 from rqsid.home import ProjectHome
@@ -48,6 +49,7 @@ def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: 
             tok = make_tokenizer(config).fit(X)
             tok.save(folder / "model")
             error = tok.reconstruction_error(X)
+        reach("fit")
         return {
             "embeddings": embeddings.version,
             "level_sizes": list(tok.codebook_sizes),

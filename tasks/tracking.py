@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from rqsid import RqsidError  # noqa: E402
 from rqsid.config import RqsidConfig  # noqa: E402
 from rqsid.home import ProjectHome  # noqa: E402
+from rqsid.liveness import OWNER_TAG, this_process  # noqa: E402
 
 CHAMPION = "champion"
 LAYER_METRICS = ("gini", "entropy_bits", "entropy_norm", "std", "utilisation", "max_share")
@@ -82,6 +83,7 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         self.client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
+        _prepare_sqlite_store(self.tracking_uri, self.client)
 
     # ------------------------------------------------------------ experiments and runs
 
@@ -101,8 +103,11 @@ class Tracker:
                   tags: dict[str, Any] | None = None) -> Iterator[mlflow.ActiveRun]:
         """A run in `experiment` (an id from `.experiment()`); nested=True makes it a child of the active run."""
         mlflow.set_tracking_uri(self.tracking_uri)
+        owner = this_process(ProjectHome.default().root)  # a dead owner's runs are ended by tasks.recovery
+        owner.note("mlflow", self.tracking_uri)
+        tags = {OWNER_TAG: owner.token, **(tags or {})}
         with mlflow.start_run(run_name=name, experiment_id=experiment, nested=nested,
-                              tags={k: str(v) for k, v in (tags or {}).items()}) as run:
+                              tags={k: str(v) for k, v in tags.items()}) as run:
             yield run
 
     @staticmethod
@@ -150,9 +155,11 @@ class Tracker:
     def register_generator(self, model_dir: str | Path, name: str, metrics: dict[str, float],
                            pip_requirements: list[str] | None = None, loader: str | None = None,
                            python_model: mlflow.pyfunc.PythonModel | str | None = None, signature=None,
-                           metadata: dict[str, Any] | None = None, input_example=None) -> int:
-        """Log the generator folder as a pyfunc model in the active run, register it; returns the version.
-        `python_model` serves the folder (default: GeneratorModel with `loader`); tasks.serving passes its own."""
+                           metadata: dict[str, Any] | None = None, input_example=None,
+                           tags: dict[str, str] | None = None) -> int:
+        """Log the generator folder as a pyfunc model in the active run, register it (the version carries
+        `tags`, set in the same transaction); returns the version. `python_model` serves the folder
+        (default: GeneratorModel with `loader`); tasks.serving passes its own."""
         run_id = self._active_run_id()
         model_dir = Path(model_dir)
         if not model_dir.is_dir():
@@ -167,10 +174,18 @@ class Tracker:
             pip_requirements=pip_requirements if pip_requirements is not None else default_pip_requirements(),
             metadata={"rqsid.loader": loader or "", **(metadata or {})},
         )
-        version = mlflow.register_model(info.model_uri, name, tags={"rqsid.run_id": run_id})
+        version = mlflow.register_model(info.model_uri, name, tags={"rqsid.run_id": run_id, **(tags or {})})
         for key, value in metrics.items():
             self.client.set_model_version_tag(name, version.version, _METRIC_TAG + key, repr(float(value)))
         return int(version.version)
+
+    def version_tagged(self, name: str, key: str, value: str) -> int | None:
+        """The model version of `name` whose tag `key` is `value` (the first one), or None."""
+        try:
+            found = self.client.search_model_versions(f"name = '{name}' and tags.`{key}` = '{value}'")
+        except MlflowException:
+            return None
+        return min((int(v.version) for v in found), default=None)
 
     def champion(self, name: str) -> tuple[int, dict[str, float]] | None:
         """(version, metrics) of the model's "champion" alias, or None when there is none yet."""
@@ -190,6 +205,29 @@ class Tracker:
 
     def model_uri(self, name: str, alias: str = CHAMPION) -> str:
         return f"models:/{name}@{alias}"
+
+
+def _prepare_sqlite_store(uri: str, client: MlflowClient) -> None:
+    """Create (migrate) a sqlite store under a file lock: two processes creating one store at once break its
+    schema migration. Then WAL mode, so that readers do not block the writer of another process (MLflow
+    itself waits up to 20 s on a busy database)."""
+    if not uri.startswith("sqlite:///") or uri in _PREPARED:
+        return
+    import sqlite3
+    from contextlib import closing
+
+    from rqsid.locks import file_lock
+
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    with file_lock(path.with_name(path.name + ".init.lock"), 120.0, f"creating the MLflow store {path}"):
+        client.search_experiments(max_results=1)  # creates or migrates the tracking tables
+        client.search_registered_models(max_results=1)  # and the registry's
+        with closing(sqlite3.connect(path, timeout=30)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    _PREPARED.add(uri)
+
+
+_PREPARED: set[str] = set()
 
 
 def report_metrics(report: dict, prefix: str) -> dict[str, float]:

@@ -147,10 +147,10 @@ def test_every_command_resolves_its_config_the_same_way(tmp_path):
 
     parser = argparse.ArgumentParser()
     add_config_flags(parser)
-    (tmp_path / "shop.toml").write_text("[generator]\nepochs = 7\nbeam_size = 5\n")
-    args = parser.parse_args(["--config", str(tmp_path / "shop.toml"), "--set", "generator.beam_size=8"])
+    (tmp_path / "shop.toml").write_text("[generator]\nepochs = 7\nbeam_size = 15\n")
+    args = parser.parse_args(["--config", str(tmp_path / "shop.toml"), "--set", "generator.beam_size=18"])
     demo = config_from(args, profile="demo", extra={"embed.batch_size": 16, "embed.max_seq_length": None})
-    assert demo.generator.epochs == 7 and demo.generator.beam_size == 8  # the file, then --set, win over the profile
+    assert demo.generator.epochs == 7 and demo.generator.beam_size == 18  # the file, then --set, win over the profile
     assert demo.quantizer.epochs == 60 and demo.generator.valid_users == 1000  # the profile fills what they left open
     assert demo.embed.batch_size == 16 and demo.embed.max_seq_length == 128  # the command's flags, where given
     plain = config_from(args)

@@ -11,9 +11,9 @@ from rqsid.config import PROFILES, QuantizerConfig, RqsidConfig, load_config, pa
 def test_a_profile_fills_only_what_the_file_and_the_overrides_leave_open(tmp_path):
     path = tmp_path / "shop.toml"
     path.write_text("[quantizer]\nepochs = 7\n")
-    config = load_config(path, {"generator.beam_size": 5}, profile="demo")
+    config = load_config(path, {"generator.beam_size": 15}, profile="demo")
     assert config.quantizer.epochs == 7  # the file wins over the profile
-    assert config.generator.beam_size == 5  # so do the overrides
+    assert config.generator.beam_size == 15  # so do the overrides
     assert config.generator.max_train_minutes == PROFILES["demo"]["generator.max_train_minutes"]  # the profile fills the rest
     assert load_config(path).generator.max_train_minutes == RqsidConfig().generator.max_train_minutes  # no profile, defaults
     with pytest.raises(RqsidError, match="unknown config profile 'fast'"):

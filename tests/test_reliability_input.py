@@ -17,6 +17,7 @@ from cli_runner import run_process
 from rqsid.catalog import item_text, read_catalog
 from rqsid.config import QuantizerConfig
 from rqsid.embed import write_embeddings
+from rqsid.home import ProjectHome
 from rqsid.quantize import make_tokenizer
 from rqsid.sids import assign_sids, write_sids
 
@@ -48,15 +49,16 @@ def fitted(tmp_path_factory) -> dict[str, str]:
     return {"tokenizer": str(root / "tokenizer"), "sids": str(root / "sids.parquet"), "root": str(root)}
 
 
-def _interactions(path: Path, users: int, per_user: int, unknown_at: int | None = None) -> str:
-    items = [str((u * 7 + j) % 300) for u in range(users) for j in range(per_user)]
+def _interactions(path: Path, users: int, per_user: int, unknown_at: int | None = None,
+                  null_at: tuple[str, int] | None = None) -> str:
+    columns = {"user_id": [f"u{u}" for u in range(users) for _ in range(per_user)],
+               "item_id": [str((u * 7 + j) % 300) for u in range(users) for j in range(per_user)]}
     if unknown_at is not None:
-        items[unknown_at] = "NO-SUCH-ITEM"
-    pq.write_table(pa.table({
-        "user_id": [f"u{u}" for u in range(users) for _ in range(per_user)],
-        "item_id": items,
-        "seq": pa.array([j for _ in range(users) for j in range(per_user)], pa.int32()),
-    }), path)
+        columns["item_id"][unknown_at] = "NO-SUCH-ITEM"
+    if null_at is not None:
+        columns[null_at[0]][null_at[1]] = None
+    pq.write_table(pa.table({**{k: pa.array(v, pa.string()) for k, v in columns.items()},
+                             "seq": pa.array([j for _ in range(users) for j in range(per_user)], pa.int32())}), path)
     return str(path)
 
 
@@ -70,7 +72,27 @@ def _files(tmp: Path, fitted: dict[str, str]) -> dict:
     (tmp / "bad.json").write_text("{not json")
     (tmp / "bad_keys.index.json").write_text('{"first": ["<a_1>", "<b_2>"]}')
     (tmp / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    _catalog(tmp / "null_ids.parquet", ["a", None, "b", "a", None, "c"])  # 2 null ids, 1 duplicate: 3 good rows
+    _catalog(tmp / "all_null.parquet", [None, None, None])
+    pq.write_table(pa.table({"item_id": ["1", "2"], "title": [None, "  "]}, schema=pa.schema(
+        [("item_id", pa.string()), ("title", pa.string())])), tmp / "no_text.parquet")
+    for name, ids, columns in (("sids_null_id", [str(i) for i in range(7)] + [None], ("c1", "dedup")),
+                               ("sids_dup", ["1", "1"], ("c1", "dedup")), ("sids_no_dedup", ["1", "2"], ("c1",))):
+        codes = {c: pa.array([n % 8 for n in range(len(ids))], pa.int32()) for c in columns}
+        pq.write_table(pa.table({"item_id": pa.array(ids, pa.string()), **codes}).replace_schema_metadata(
+            {b"rqsid.level_sizes": b"[8]"}), tmp / f"{name}.parquet")
+    _interactions(tmp / "null_user.parquet", 40, 4, null_at=("user_id", 2))
+    _interactions(tmp / "null_item.parquet", 40, 4, null_at=("item_id", 5))
+    X = np.random.default_rng(0).normal(size=(20, 16)).astype(np.float32)
+    write_embeddings(tmp / "dup_emb.parquet", np.array([str(i % 10) for i in range(20)], dtype=object), X)
     return {"non_utf8": str(non_utf8)}
+
+
+def _catalog(path: Path, ids: list) -> str:
+    """A catalog parquet written as another tool would: nullable ids, one title per row."""
+    titles = [f"steel water bottle {n}" for n in range(len(ids))]
+    pq.write_table(pa.table({"item_id": pa.array(ids, pa.string()), "title": titles}), path)
+    return str(path)
 
 
 # (name, argv builder, expected exit code, fragments that the error line (rc 2) or stdout (rc 0) must contain)
@@ -94,6 +116,8 @@ ERROR_CASES = [
     ("gini_threshold=1.5", lambda t, f: ["sids", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
                                          "--set", "prune.gini_threshold=1.5"],
      ["prune.gini_threshold", "less than or equal to 1"]),
+    ("beam_size=5", lambda t, f: ["nightly", "--set", "generator.beam_size=5"],
+     ["generator.beam_size", "greater than or equal to 10"]),
     ("unknown config key", lambda t, f: ["fit", "--embeddings", _embeddings(t / "e.parquet", 50), "--out", str(t / "o"),
                                          "--set", "nosuch=1"], ["nosuch"]),
     ("interactions with unknown items",
@@ -107,6 +131,34 @@ ERROR_CASES = [
     ("SID index with bad keys", lambda t, f: ["report", str(t / "bad_keys.index.json")], ["not 0-based int keys", "first"]),
     ("SID file not parquet", lambda t, f: ["report", str(t / "bad.parquet")], ["not a readable parquet file"]),
     ("SID file missing", lambda t, f: ["report", str(t / "missing.parquet")], ["not found"]),
+    # catalogs are checked before anything is embedded or fitted (no embeddings.parquet is written)
+    ("catalog: null + duplicate ids leave fewer items than codes",
+     lambda t, f: ["sids", "--catalog", str(t / "null_ids.parquet"), "--out", str(t / "o")] + TINY,
+     ["3 valid items after quarantining 3 rows", "codebook_size=8"]),
+    ("catalog: every id null", lambda t, f: ["fit", "--catalog", str(t / "all_null.parquet"), "--out", str(t / "o")],
+     ["no valid rows (3 quarantined: 3 missing item_id)"]),
+    ("catalog: no text at all",
+     lambda t, f: ["embed", "--catalog", str(t / "no_text.parquet"), "--out", str(t / "o" / "e.parquet")],
+     ["no valid rows (2 quarantined: 2 no text)"]),
+    ("catalog not parquet", lambda t, f: ["sids", "--catalog", str(t / "bad.parquet"), "--out", str(t / "o")],
+     ["is not a readable parquet file"]),
+    ("reindex: catalog with fewer items than codes",
+     lambda t, f: ["reindex", "--catalog", str(t / "null_ids.parquet")] + TINY, ["3 valid items", "codebook_size=8"]),
+    ("nightly: every id null", lambda t, f: ["nightly", "--catalog", str(t / "all_null.parquet")], ["no valid rows"]),
+    ("drift: catalog not parquet", lambda t, f: ["drift", "--catalog", str(t / "bad.parquet")], ["not a readable parquet"]),
+    ("retrain: no published index", lambda t, f: ["retrain", "--catalog-name", "nowhere"],
+     ["catalog 'nowhere' has no published index"]),
+    ("interactions: null user_id", lambda t, f: ["train", "--interactions", str(t / "null_user.parquet"),
+                                                 "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
+     ["1 interactions have no user_id (rows [2])"]),
+    ("interactions: null item_id", lambda t, f: ["train", "--interactions", str(t / "null_item.parquet"),
+                                                 "--sids", f["sids"], "--out", str(t / "g"), "--no-progress"],
+     ["1 interactions have no item_id (rows [5])"]),
+    ("SIDs: null item_id", lambda t, f: ["report", str(t / "sids_null_id.parquet")], ["1 rows without item_id (rows [7])"]),
+    ("SIDs: a column missing", lambda t, f: ["report", str(t / "sids_no_dedup.parquet")], ["lacks the columns ['dedup']"]),
+    ("SIDs: duplicate item ids", lambda t, f: ["report", str(t / "sids_dup.parquet")], ["duplicate item ids ['1']"]),
+    ("embeddings: duplicate item ids", lambda t, f: ["sids", "--embeddings", str(t / "dup_emb.parquet"),
+                                                     "--out", str(t / "o")] + TINY, ["duplicate item_ids 0, 1, 2"]),
 ]
 
 
@@ -122,6 +174,8 @@ def test_bad_input_is_one_error_line(name, argv, fragments, tmp_path, fitted, ca
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     assert not (tmp_path / "o" / "tokenizer").exists() and not (tmp_path / "g" / "model.pt").exists()  # nothing written
+    assert not (tmp_path / "o" / "embeddings.parquet").exists() and not (tmp_path / "o" / "e.parquet").exists()
+    assert not (ProjectHome.default().root / "server" / "prefect.json").exists()  # refused before any server started
 
 
 def _import(tmp_path: Path, source: str, capsys) -> tuple[str, Path]:
@@ -171,6 +225,33 @@ def test_wrong_column_types_are_coerced_to_strings(tmp_path, capsys):
     catalog = read_catalog(folder / "catalog.parquet")
     assert catalog.column("item_id").to_pylist() == ["1", "2", "3"]
     assert catalog.column("title").to_pylist() == ["1.5", "2.5", "3.5"]
+
+
+def test_null_and_duplicate_ids_are_quarantined_before_embedding(tmp_path, capsys):
+    """`rqsid sids --catalog` quarantines what `rqsid import` would, says so, and builds SIDs for the rest."""
+    ids = [str(i) for i in range(10)] + [None, "3", None]
+    rc = main(["sids", "--catalog", _catalog(tmp_path / "shop.parquet", ids), "--out", str(tmp_path / "o"),
+               "--set", "quantizer.codebook_size=4", "--set", "quantizer.levels=2", "--set", "quantizer.epochs=2"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "Traceback" not in captured.err, captured.err
+    assert "quarantined 3 rows (1 duplicate item_id, 2 missing item_id)" in captured.out
+    assert captured.out.index("quarantined 3 rows") < captured.out.index("embedding 10 items")
+    assert pq.read_table(tmp_path / "o" / "quarantine.parquet").num_rows == 3
+    assert sorted(pq.read_table(tmp_path / "o" / "sids.parquet").column("item_id").to_pylist()) == sorted(ids[:10])
+
+
+def test_null_ids_in_imported_tables_are_quarantined(tmp_path, capsys):
+    """`rqsid import` of a parquet catalog and interactions with null ids: quarantined and counted, nothing lost."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    _catalog(folder / "catalog.parquet", ["a", None, "b", "c"])
+    pq.write_table(pa.table({"user_id": pa.array([None, "u1", "u1", "u1"], pa.string()),
+                             "item_id": pa.array(["a", "a", None, "c"], pa.string()), "seq": [0, 0, 1, 2]}),
+                   folder / "interactions.parquet")
+    out, imported = _import(tmp_path, str(folder), capsys)
+    assert "quarantined 1 rows (1 missing item_id)" in out
+    assert "quarantined 2 rows (1 missing item_id, 1 missing user_id)" in out
+    assert read_catalog(imported / "catalog.parquet").num_rows == 3
 
 
 def test_single_item_catalog_imports(tmp_path, capsys):

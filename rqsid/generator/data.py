@@ -144,6 +144,11 @@ def sequences_from_interactions(interactions: pa.Table, vocab: SidVocab) -> Sequ
     for name in ("user_id", "item_id", "seq"):
         if name not in interactions.column_names:
             raise RqsidError(f"interactions have no column {name!r}")
+        nulls = interactions.column(name).null_count
+        if nulls:
+            rows = np.flatnonzero(interactions.column(name).is_null().to_numpy(zero_copy_only=False))
+            raise RqsidError(f"{nulls} interactions have no {name} (rows {rows[:5].tolist()}); "
+                             "`rqsid import` quarantines such rows")
     users = np.asarray(interactions.column("user_id").to_numpy(zero_copy_only=False), dtype=object)
     items = np.asarray(interactions.column("item_id").to_numpy(zero_copy_only=False), dtype=object)
     seq = interactions.column("seq").to_numpy(zero_copy_only=False)
