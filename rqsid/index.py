@@ -13,6 +13,7 @@ the published pruning and their dedup numbers (`stable_dedup`, `stable_table`), 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,10 @@ from rqsid import RqsidError
 from rqsid.drift import apply_removed_tokens
 from rqsid.jsonio import read_json, write_json
 from rqsid.lookup import positions
+from rqsid.metrics import balance_summary
 from rqsid.sids import SidTable, assign_sids, read_sids, write_sids
 from rqsid.trie import SidTrie
+from rqsid.versioning import IndexRegistry
 
 MANIFEST = "manifest.json"
 
@@ -204,3 +207,20 @@ def changed_sid_count(prev_ids, prev_tokens: np.ndarray, ids, tokens: np.ndarray
     b = np.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=-1)[both]
     changed = int((a != b).any(axis=1).sum())
     return {"items_in_both": len(both), "sids_changed": changed, "sids_kept": len(both) - changed}
+
+
+def balance_trend(registry: IndexRegistry, last: int) -> list[dict[str, Any]]:
+    """Per-layer Gini and normalised entropy of a registry's last `last` index versions, oldest first, each
+    with its layers before pruning where the manifest kept them (points for `rqsid.plots.trend_figure`)."""
+    points = []
+    for version in registry.versions()[-last:]:
+        folder = registry.path(version)
+        manifest = index_manifest(folder)
+        created = time.strftime("%m-%d %H:%M", time.gmtime(manifest.get("created", 0)))
+        points.append({
+            "version": version,
+            "label": f"{version.removeprefix('index-')[:8]} {created}",
+            "layers": balance_summary(read_json(folder / "report.json"))["layers"],
+            "unpruned": (manifest.get("unpruned") or {}).get("layers"),
+        })
+    return points
