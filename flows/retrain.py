@@ -7,11 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from flows.audit import promotion_verdict
 from flows.common import FlowRecorder
 from rqsid import RqsidError
 from rqsid.config import RqsidConfig
+from rqsid.index import index_manifest
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
 from tasks.common import registry
 from tasks.generator import flat_metrics, interactions_of, mark_registered, stage_interactions, train_and_evaluate
@@ -44,7 +46,6 @@ def retrain(
     catalog: a catalog source to re-index first (what a drift event passes), so the generator learns
     the SIDs of today's catalog."""
     cfg = config or RqsidConfig()
-    logger = get_run_logger()
     if catalog is not None:
         from flows.reindex import reindex
 
@@ -57,17 +58,19 @@ def retrain(
     recorder = FlowRecorder("retrain", catalog_name, cfg)
     name = model_name(catalog_name)
     with recorder.run():
-        recorder.lineage["index"] = index_dir.name
+        recorder.lineage |= index_lineage(index_dir)
         with recorder.stage("train") as stage:
             inter = Path(stage_interactions(interactions, index_dir)) if interactions else interactions_of(index_dir)
-            gen = train_and_evaluate(index_dir, inter, cfg.generator)
+            gen = train_and_evaluate(index_dir, inter, cfg.generator, on_epoch=_epoch_logger(recorder, stage.run_id))
             stage.compute_s, stage.lineage = gen.compute_s, {"generator": gen.version}
             stage.metrics = {**flat_metrics(gen.metrics), "reused": float(gen.reused)}
+            stage.compute_s += _log_learning_curve(recorder, gen, stage.run_id)
             recorder.log_json(gen.metrics, "evaluation.json")
             recorder.log_json(gen.stats, "train_stats.json")
         with recorder.stage("register") as stage:
-            version, promoted, champion = _register(recorder, gen, name, logger)
+            version, promoted, champion = _register(recorder, gen, name)
             stage.metrics = {"model_version": version, "promoted": float(promoted)}
+            _describe(recorder, name, version, gen, index_dir)
     return {
         "catalog_name": catalog_name,
         "index_version": index_dir.name,
@@ -83,7 +86,7 @@ def retrain(
     }
 
 
-def _register(recorder: FlowRecorder, gen, name: str, logger) -> tuple[int, bool, int | None]:
+def _register(recorder: FlowRecorder, gen, name: str) -> tuple[int, bool, int | None]:
     """Register the generator once (a rerun finds the recorded version) and promote it if it wins."""
     flat = flat_metrics(gen.metrics)
     current = recorder.tracker.champion(name)
@@ -97,7 +100,44 @@ def _register(recorder: FlowRecorder, gen, name: str, logger) -> tuple[int, bool
     promoted = champion_version != version and beats(flat, current[1] if current else None)
     if promoted:
         recorder.tracker.promote(name, version)
-        logger.info("model %s version %s is the new champion (valid R@10 %.4f)", name, version, flat[RANK_BY[0]])
-    else:
-        logger.info("model %s version %s registered; champion stays version %s", name, version, champion_version)
+    figures = {f"promotion.challenger.{k}": flat[k] for k in RANK_BY if k in flat} | {"promotion.promoted": float(promoted)}
+    if current:
+        figures |= {f"promotion.champion.{k}": current[1][k] for k in RANK_BY if k in current[1]}
+    recorder.decide("promotion", promotion_verdict(version, promoted, flat, champion_version, current and current[1], RANK_BY),
+                    figures)
     return version, promoted, champion_version
+
+
+def index_lineage(index_dir: Path) -> dict[str, str]:
+    """The versions a model trained on this index depends on: catalog, embedding, tokenizer, index."""
+    versions = index_manifest(index_dir).get("versions", {})
+    return {"catalog": versions.get("catalog"), "embedding": versions.get("embeddings"),
+            "tokenizer": versions.get("tokenizer"), "index": index_dir.name}
+
+
+def _epoch_logger(recorder: FlowRecorder, run_id: str):
+    """Each training epoch as step-wise metrics of the train stage's run (`epoch.loss`, `epoch.valid.recall_at_10`)."""
+    return lambda record: recorder.tracker.log_curve(run_id, "epoch", [record], step_key="epoch")
+
+
+def _log_learning_curve(recorder: FlowRecorder, gen, run_id: str) -> float:
+    """The learning-curve plot (and, for a stored generator, its curve as step-wise metrics); drawing seconds."""
+    from rqsid.plots import plot_learning_curve
+
+    history, best_epoch = gen.training_history()
+    if gen.reused:
+        recorder.tracker.log_curve(run_id, "epoch", history, step_key="epoch")
+    title = f"generator {gen.version}: learning curve ({len(history)} epochs)"
+    return recorder.log_plot(lambda path: plot_learning_curve(history, path, best_epoch, title), "learning_curve")
+
+
+def _describe(recorder: FlowRecorder, name: str, version: int, gen, index_dir: Path) -> None:
+    """Lineage tags, headline figures and a description on the registered model version."""
+    from flows.audit import headline_metrics, mlflow_run_url, mlflow_ui_url, model_description
+
+    flat = flat_metrics(gen.metrics)
+    run_url = mlflow_run_url(mlflow_ui_url(recorder.config.orchestration), recorder.experiment, recorder.run_id)
+    description = model_description(recorder.catalog_name, index_manifest(index_dir), flat,
+                                    recorder.verdict("promotion"), run_url)
+    lineage = index_lineage(index_dir) | {"generator": gen.version}
+    recorder.tracker.describe_model_version(name, version, description, lineage, headline_metrics(flat))
