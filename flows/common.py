@@ -198,6 +198,8 @@ def catalog_stage(recorder: FlowRecorder, catalog, interactions, demo_items):
         stage.metrics = {"n_items": cat.n_items, "n_quarantined": cat.n_quarantined,
                          "catalog_gate_raw_success": float(cat.gates["catalog_raw"]["success"])}
         recorder.log_json(cat.gates | {"quarantine_reasons": cat.quarantine_reasons}, "gx/catalog.json")
+        _logger().info("catalog %s: %d items (%s), %d rows quarantined%s", cat.name, cat.n_items, cat.version,
+                       cat.n_quarantined, f" ({cat.quarantine_reasons})" if cat.n_quarantined else "")
         if cat.n_quarantined:
             recorder.log_file(cat.path / "quarantine.parquet", "quarantine")
     return cat
@@ -213,6 +215,8 @@ def embed_stage(recorder: FlowRecorder, cat, cfg: RqsidConfig, current: Path | N
         stage.compute_s, stage.lineage = emb.compute_s, {"embedding": emb.version}
         stage.metrics = {"n_embedded": emb.n_embedded, "dim": emb.dim, "embeddings_gate_success": 1.0}
         recorder.log_json(gate, "gx/embeddings.json")
+        _logger().info("embeddings %s: %d of %d items embedded now (the rest carried over); embeddings gate passed",
+                       emb.version, emb.n_embedded, emb.n_items)
         if not emb.reused:
             recorder.log_file(emb.file, "embeddings")
     return emb
