@@ -127,7 +127,7 @@ class FlowRecorder:
         figures = {k: float(v) for k, v in (figures or {}).items() if v is not None}
         decision = Decision(self.flow_name, name, verdict, figures)
         self.decisions.append(decision)
-        (_logger().warning if warn else _logger().info)("%s: %s", name, verdict)
+        (_logger().warning if warn else _logger().info)("%s decision: %s", name, verdict)
         self.tracker.client.set_tag(self.run_id, f"rqsid.decision.{name}", verdict)
         if figures:
             self.tracker.log_metrics(self.run_id, figures)
