@@ -27,7 +27,8 @@ def _add_catalog_flags(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("nightly", help="the nightly job: drift watch -> re-index -> retrain (demo catalog by default)")
+    p = subparsers.add_parser("nightly", help="one night now: drift watch -> re-index -> retrain (demo catalog by default), "
+                              "run as a run of the nightly deployment")
     _add_catalog_flags(p)
     add_config_flags(p)
     p.add_argument("--no-train", action="store_true", help="stop after re-indexing")
@@ -112,11 +113,12 @@ def _run(flow_fn, config, **params) -> dict:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from flows.nightly import nightly
+    from deployments.nightly import run_nightly_now
 
     config = resolve(args, demo=args.catalog is None)
+    # a night started by hand is a run of the nightly deployment, as scheduled ones are
     with _catalog_lock(_checked(args, config), "nightly"):
-        result = _run(nightly, config, catalog=args.catalog, interactions=args.interactions, train=not args.no_train)
+        result = _run(run_nightly_now, config, catalog=args.catalog, interactions=args.interactions, train=not args.no_train)
     _print_drift(result["drift"])
     _print_index(result["reindex"])
     if result["retrain"]:
@@ -206,12 +208,13 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from tasks.services import start_mlflow_ui
+    from tasks.tracking import TRAINING_VIEW  # MLflow's UI opens its GenAI view unless the link asks otherwise
 
     home = ProjectHome.default().activate()
     with _interrupted_by_signals():
         handle = start_mlflow_ui(home, args.port)
         try:
-            print(f"MLflow UI: {handle.url} (store {home.mlflow_uri}); Ctrl-C or SIGTERM stops", flush=True)
+            print(f"MLflow UI: {handle.url}/#/?{TRAINING_VIEW} (store {home.mlflow_uri}); Ctrl-C or SIGTERM stops", flush=True)
             handle.process.wait()
         except KeyboardInterrupt:
             pass
@@ -298,11 +301,13 @@ def _print_timing(result: dict) -> None:
 
 
 def _print_where(index: dict) -> None:
+    from tasks.tracking import TRAINING_VIEW
+
     home = ProjectHome.default()
     print(f"\nresults under {home.root}:")
     print(f"  index version  {index['index_path']}  (current: {Path(index['index_path']).parent.parent / 'current'})")
     print(f"  MLflow store   {home.mlflow_uri}  (artifacts {home.mlflow_artifacts})")
-    print("  open the MLflow UI with:  rqsid ui   (then http://127.0.0.1:5000)")
+    print(f"  open the MLflow UI with:  rqsid ui   (then http://127.0.0.1:5000/#/?{TRAINING_VIEW})")
     print(f"  or:  mlflow ui --backend-store-uri {home.mlflow_uri} --host 127.0.0.1")
 
 

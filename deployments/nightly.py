@@ -44,13 +44,15 @@ def drift_trigger(config: RqsidConfig | None = None) -> DeploymentEventTrigger:
     )
 
 
-def nightly_deployment(catalog: str | None = None, interactions: str | None = None, config: RqsidConfig | None = None):
+def nightly_deployment(catalog: str | None = None, interactions: str | None = None, config: RqsidConfig | None = None,
+                       paused: bool | None = None):
     return nightly.to_deployment(
         NIGHTLY_NAME,
         schedule=Cron(NIGHTLY_CRON, timezone="UTC"),  # to_deployment(cron=..., timezone=...) raises TypeError
         parameters={"catalog": catalog, "interactions": interactions, "config": _parameter(config)},
         description="drift watch -> re-index -> retrain, every night at 02:00 UTC",
         tags=["rqsid"],
+        paused=paused,
     )
 
 
@@ -75,3 +77,26 @@ def serve_all(catalog: str | None = None, interactions: str | None = None, confi
     from prefect import serve
 
     serve(*all_deployments(catalog, interactions, config))
+
+
+def run_nightly_now(catalog: str | None = None, interactions: str | None = None, config: RqsidConfig | None = None,
+                    train: bool = True) -> dict[str, Any]:
+    """One night now, as a run of the `nightly` deployment executed in this process (no worker or `rqsid serve`
+    needed), so that the Prefect UI lists it with the scheduled nights. A missing deployment is registered
+    paused (`rqsid serve` registers it again, on its schedule); an existing one keeps its defaults: this run
+    gets this command's catalog and config as its parameters."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_engine import run_flow
+    from prefect.states import Pending
+
+    parameters = {"catalog": catalog, "interactions": interactions, "config": _parameter(config), "train": train}
+    with get_client(sync_client=True) as client:
+        try:
+            deployment_id = client.read_deployment_by_name(f"{nightly.name}/{NIGHTLY_NAME}").id
+        except ObjectNotFound:
+            deployment_id = nightly_deployment(catalog, interactions, config, paused=True).apply()
+        # Pending, not Scheduled: a runner serving the deployment must not pick this run up as well
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters=parameters, state=Pending(),
+                                                          tags=["manual"])
+    return run_flow(nightly, flow_run=flow_run, parameters=parameters | {"config": config or RqsidConfig()})

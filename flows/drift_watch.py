@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.audit import drift_verdict
 from flows.common import FlowRecorder, catalog_stage, embed_stage
 from rqsid.config import RqsidConfig
 from rqsid.home import ProjectHome
@@ -48,24 +49,26 @@ def drift_watch(catalog: str | None = None, config: RqsidConfig | None = None, d
         cat = catalog_stage(recorder, catalog, interactions, demo_items)
         current = registry(cat.name).current_path()
         if current is None:
-            logger.info("catalog %s has no published index yet: nothing to compare with", cat.name)
+            recorder.decide("drift", "no published index yet: nothing to compare with; the re-index fits one",
+                            {"drift.detected": 1.0})
             return {"catalog_name": cat.name, "index_version": None, "drifted": True, "behaviour": None,
-                    "exceeded": ["no published index"], "event_id": None, "timing": recorder.timing()}
+                    "exceeded": ["no published index"], "event_id": None, "mlflow_run_id": recorder.run_id,
+                    "timing": recorder.timing()}
         emb = embed_stage(recorder, cat, cfg, current)
         with recorder.stage("drift") as stage:
             measured = measure_drift(cat, emb, current, cfg.drift, cfg.prune.level)
             report = measured.report.as_dict()
             stage.compute_s, stage.lineage = measured.compute_s, {"index": current.name}
-            stage.metrics = {f"drift.{k}": float(v) for k, v in report.items() if isinstance(v, (int, float)) and v is not None}
             recorder.log_json(report, "drift.json")
+        figures = {f"drift.{k}": v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        recorder.decide("drift", drift_verdict(report, cfg.drift), figures | {"drift.detected": float(measured.report.drifted)},
+                        warn=measured.report.drifted)
         behaviour = _behaviour_stage(recorder, cat, cfg, logger)
         reasons = report["exceeded"] + (behaviour["exceeded"] if behaviour else [])
         event_id = None
         if reasons and emit:
             event_id = emit_drift(cat.name, catalog or DEMO_SOURCE, current.name, report, behaviour)
-            logger.warning("drift detected on %s: %s (event %s)", cat.name, "; ".join(reasons), event_id)
-        else:
-            logger.info("drift on %s below thresholds: %s new/changed items", cat.name, report["n_new"] + report["n_changed"])
+            logger.warning("%s for %s: %s (event %s)", DRIFT_EVENT, cat.name, "; ".join(reasons), event_id)
     return {"catalog_name": cat.name, "index_version": current.name, **report, "behaviour": behaviour, "event_id": event_id,
             "mlflow_run_id": recorder.run_id, "timing": recorder.timing()}
 

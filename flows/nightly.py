@@ -7,7 +7,6 @@ detected. Retraining reuses a stored generator when neither the index nor the in
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from prefect import flow
@@ -26,9 +25,9 @@ from rqsid.sources import DEMO_ITEMS, catalog_name_of
 def nightly(catalog: str | None = None, interactions: str | None = None, config: RqsidConfig | None = None,
             demo_items: int = DEMO_ITEMS, train: bool = True) -> dict[str, Any]:
     cfg = config or RqsidConfig()
-    started = time.perf_counter()
     recorder = FlowRecorder("nightly", catalog_name_of(catalog), cfg)
-    # one lock for the whole chain (its flows re-enter it), and the three flows' MLflow runs nest under this one
+    # one lock for the whole chain (its flows re-enter it); the three flows' MLflow runs nest under this one, and
+    # their timing and decisions count here
     with catalog_lock(ProjectHome.default().root, catalog_name_of(catalog), what="nightly"), recorder.run():
         drift = drift_watch(catalog=catalog, config=cfg, demo_items=demo_items, interactions=interactions)
         index = reindex(catalog=catalog, interactions=interactions, config=cfg,
@@ -38,12 +37,5 @@ def nightly(catalog: str | None = None, interactions: str | None = None, config:
             model = retrain(catalog_name=index["catalog_name"], index_version=index["index_version"],
                             interactions=interactions, config=cfg)
         recorder.lineage["index"] = index["index_version"]
-        timing = _timing([r["timing"] for r in (drift, index, model) if r], time.perf_counter() - started)
-        recorder.log_json(timing, "nightly_timing.json")
-    return {"drift": drift, "reindex": index, "retrain": model, "mlflow_run_id": recorder.run_id, "timing": timing}
-
-
-def _timing(flows: list[dict], total: float) -> dict[str, Any]:
-    compute = sum(f["compute_s"] for f in flows)
-    return {"total_s": round(total, 3), "compute_s": round(compute, 3),
-            "orchestration_share": round(1 - compute / total, 4) if total else 0.0, "flows": flows}
+    return {"drift": drift, "reindex": index, "retrain": model, "mlflow_run_id": recorder.run_id,
+            "timing": recorder.timing()}

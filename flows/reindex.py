@@ -15,15 +15,33 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import ValidationError
 
-from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id, plot_report
+from flows.audit import drift_verdict, gate_verdict, pruning_verdict
+from flows.common import FlowRecorder, catalog_stage, embed_stage, flow_run_id
 from rqsid.config import EmbedConfig, QuantizerConfig, RqsidConfig
 from rqsid.home import ProjectHome
-from rqsid.index import index_manifest
+from rqsid.index import balance_trend, index_manifest
 from rqsid.locks import catalog_lock
+from rqsid.plots import plot_pruning, plot_trend
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
 from tasks.common import GateFailed, registry
 from tasks.index import build_sids, index_inputs_key, index_version, measure_drift, publish_index, reuse_published
 from tasks.tokenizer import fit_tokenizer, published_tokenizer
+
+TREND_VERSIONS = 14  # index versions in the balance trend plot
+
+
+def _tokenizer_reason(current: Path | None, reusable: bool, refit: bool | None, drift, config: RqsidConfig) -> str:
+    """Why the tokenizer is fitted or reused, in words (`drift` is measured only when reuse was possible)."""
+    if current is None:
+        return "no published index yet"
+    if not reusable:
+        return "the published one was made with another embed or quantizer config"
+    if refit:
+        return "a refit was requested"
+    verdict = drift_verdict(drift.report.as_dict(), config.drift)
+    if refit is False:
+        return f"reuse was requested ({verdict}); SIDs of unchanged items kept"
+    return verdict if drift.report.drifted else f"{verdict}; SIDs of unchanged items kept"
 
 
 def _tokenizer_reusable(index_dir: Path | None, config: RqsidConfig) -> bool:
@@ -68,7 +86,7 @@ def reindex(
                 drift = measure_drift(cat, emb, current, cfg.drift, cfg.prune.level)
                 stage.compute_s += drift.compute_s
                 stage.metrics |= {f"drift.{k}": v for k, v in drift.report.as_dict().items() if isinstance(v, (int, float))}
-                logger.info("drift vs %s: %s", current.name, drift.report.exceeded or "below thresholds")
+            why = _tokenizer_reason(current, reusable, refit, drift, cfg)
             if refit is None or not reusable:
                 refit = not reusable or drift.report.drifted
             tok = fit_tokenizer(emb, cfg.quantizer) if refit else published_tokenizer(current)
@@ -76,21 +94,32 @@ def reindex(
             stage.lineage = {"tokenizer": tok.version}
             stage.metrics |= {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused),
                               "levels": len(tok.level_sizes)}  # the code space is sized from the catalog
-            if refit and not tok.reused:
-                recorder.log_file(tok.model_dir, "rqvae")
+            if refit:
+                kind, history = tok.training_history()
+                recorder.tracker.log_curve(stage.run_id, kind, history)  # reconstruction, utilisation per epoch
+                if not tok.reused:
+                    recorder.log_file(tok.model_dir, "rqvae")
+            recorder.decide("tokenizer", f"{'fitted a new tokenizer' if refit else 'reused the published tokenizer'}: {why}"
+                            + (" (its fit was already stored)" if refit and tok.reused else ""),
+                            {"tokenizer.refit": float(refit)})
 
         key = index_inputs_key(cat, emb, tok, cfg.prune, cfg.gate)
         if current is not None and index_manifest(current).get("inputs_key") == key:
-            logger.info("index %s was built from the same inputs: reused", current.name)
             index = reuse_published(cat.name, current.name)
+            recorder.decide("publication", f"kept index {index.version}: it was built from the same inputs")
         else:
             base = None if refit else current
             version = index_version(key, base.name if base else None)
             index = reuse_published(cat.name, version)
             if index is None:
-                sids = _sids_stage(recorder, cat, emb, tok, cfg, base, drift)
+                sids = _sids_stage(recorder, version, cat, emb, tok, cfg, base, drift)
                 index = _publish_stage(recorder, version, cat, emb, tok, sids, cfg, key, refit, base, drift)
+                recorder.decide("publication", f"published index {index.version} as current")
+            else:
+                recorder.decide("publication", f"re-published index {index.version}: it was built before from the same inputs")
         recorder.lineage["index"] = index.version
+        recorder.links["published index"] = str(index.path)
+        _log_trend(recorder, cat.name, cfg)
     result = {
         "catalog_name": cat.name,
         "index_version": index.version,
@@ -103,31 +132,59 @@ def reindex(
         "mlflow_run_id": recorder.run_id,
         "timing": recorder.timing(),
     }
-    logger.info("published index %s (%s)", index.version, "reused" if index.reused else "new")
     if result["sid_changes"]:
         logger.info("SIDs vs the previous version: %(sids_changed)d changed, %(sids_kept)d kept", result["sid_changes"])
     return result
 
 
-def _sids_stage(recorder: FlowRecorder, cat, emb, tok, cfg: RqsidConfig, base: Path | None, drift):
+def _log_trend(recorder: FlowRecorder, catalog_name: str, cfg: RqsidConfig) -> None:
+    """Per-layer Gini and entropy of the catalog's last index versions, this one last, on the flow's run."""
+    points = balance_trend(registry(catalog_name), TREND_VERSIONS)
+    title = f"{catalog_name}: per-layer balance of the last {len(points)} index versions"
+    recorder.log_plot(lambda path: plot_trend(points, path, cfg.gate.max_layer2_gini, title), "trend_balance")
+
+
+def _sids_stage(recorder: FlowRecorder, version: str, cat, emb, tok, cfg: RqsidConfig, base: Path | None, drift):
+    """SIDs, the gate and pruning; logs the figures before and after pruning and the decisions made on them."""
     with recorder.stage("sids") as stage:
         try:
             sids = build_sids(cat, emb, tok, cfg.prune, cfg.gate, base=base,
                               carried_codes=drift.codes if (drift is not None and base is not None) else None)
         except GateFailed as err:
-            recorder.log_json(getattr(err, "details", {}), "gx/distribution.json")
-            stage.metrics = {"distribution_gate_success": 0.0}
+            gates = getattr(err, "details", [])
+            recorder.log_json(gates, "gx/distribution.json")
+            stage.metrics = {"distribution_gate_success": 0.0, **_gate_metrics(gates)}
+            recorder.decide("gate", gate_verdict(gates[-1], cfg.gate) + "; nothing was published", warn=True)
             raise
         stage.compute_s = sids.compute_s
         stage.metrics = {"k": sids.k, "dropped": float(sids.dropped), "gate_runs": len(sids.gates),
-                         "distribution_gate_success": 1.0, "gate_passed_before_pruning": float(sids.gates[0]["success"])}
+                         "distribution_gate_success": 1.0, **_gate_metrics(sids.gates)}
         if sids.sid_changes:
             stage.metrics |= {f"sid_changes.{k}": v for k, v in sids.sid_changes.items()}
+        recorder.tracker.log_report(sids.unpruned_report, "before_pruning")
         recorder.tracker.log_report(sids.report, "sids")
         recorder.log_json(sids.gates, "gx/distribution.json")
         recorder.log_json(sids.prune_trace, "prune_trace.json")
-        stage.compute_s += plot_report(recorder, sids.report, "sids", f"{cat.name} {tok.version}")
+        removed = sids.table.removed_codes()
+        stage.compute_s += recorder.log_plot(
+            lambda path: plot_pruning(sids.unpruned_report, sids.report, path, removed, f"{cat.name} {version}"),
+            "pruning_before_after")
+        pruned = len(sids.gates) > 1
+        for gate in sids.gates:
+            recorder.decide("gate", gate_verdict(gate, cfg.gate), warn=not gate["success"])
+        recorder.decide("pruning", pruning_verdict(sids.unpruned_report, sids.report, sids.k, sids.dropped, pruned,
+                                                   cfg.prune.level), {"prune.k": sids.k})
     return sids
+
+
+def _gate_metrics(gates: list[dict]) -> dict[str, float]:
+    """What each gate run judged and its verdict: `gate.before_pruning.layer2_gini`, `gate.after_pruning.passed`."""
+    out = {}
+    for gate in gates:
+        label = "after_pruning" if gate["when"] == "after pruning" else "before_pruning"
+        out |= {f"gate.{label}.{name}": value for name, value in gate["observed"].items()}
+        out |= {f"gate.{label}.passed": float(gate["success"]), f"gate.{label}.k": gate["k"]}
+    return out
 
 
 def _publish_stage(recorder: FlowRecorder, version, cat, emb, tok, sids, cfg: RqsidConfig, key, refit, base, drift):

@@ -10,19 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 
+from flows.audit import promotion_verdict
 from flows.common import FlowRecorder
 from rqsid import RqsidError
 from rqsid.checkpoints import reach
 from rqsid.config import RqsidConfig
 from rqsid.home import ProjectHome
+from rqsid.index import index_manifest
 from rqsid.locks import catalog_lock
 from rqsid.sources import DEMO_ITEMS, catalog_name_of
 from tasks.champion import contest
 from tasks.common import registry
 from tasks.generator import flat_metrics, interactions_of, mark_registered, stage_interactions, train_and_evaluate
-from tasks.serving import model_name, register_bundle
+from tasks.serving import metric_names, model_name, register_bundle
 
 __all__ = ["model_name", "retrain"]
 GENERATOR_TAG = "rqsid.generator"  # a model version's tag: the generator version it holds
@@ -41,7 +43,6 @@ def retrain(
     catalog: a catalog source to re-index first (what a drift event passes), so the generator learns
     the SIDs of today's catalog."""
     cfg = config or RqsidConfig()
-    logger = get_run_logger()
     if catalog is not None:
         from flows.reindex import reindex
 
@@ -54,22 +55,23 @@ def retrain(
     recorder = FlowRecorder("retrain", catalog_name, cfg)
     name = model_name(catalog_name)
     with catalog_lock(ProjectHome.default().root, catalog_name, what="retrain"), recorder.run():
-        recorder.lineage["index"] = index_dir.name
+        recorder.lineage |= index_lineage(index_dir)
         with recorder.stage("train") as stage:
             inter = Path(stage_interactions(interactions, index_dir)) if interactions else interactions_of(index_dir)
-            gen = train_and_evaluate(index_dir, inter, cfg.generator)
+            gen = train_and_evaluate(index_dir, inter, cfg.generator, on_epoch=_epoch_logger(recorder, stage.run_id))
             stage.compute_s, stage.lineage = gen.compute_s, {"generator": gen.version}
             stage.metrics = {**flat_metrics(gen.metrics), "reused": float(gen.reused)}
+            stage.compute_s += _log_learning_curve(recorder, gen, stage.run_id)
             recorder.log_json(gen.metrics, "evaluation.json")
             recorder.log_json(gen.stats, "train_stats.json")
         with recorder.stage("contest") as stage:
             outcome = contest(gen, index_dir, inter, name, cfg, recorder.tracker)
             stage.compute_s, stage.metrics = outcome.compute_s, outcome.metrics()
             recorder.log_json(outcome.as_dict(), "contest.json")
-            logger.info("contest on %s: %s", outcome.cases, outcome.result.rule if outcome.result else outcome.serving_note)
         with recorder.stage("register") as stage:
-            version, promoted, champion, serving = _register(recorder, gen, outcome, name, logger)
+            version, promoted, champion, serving = _register(recorder, gen, outcome, name)
             stage.metrics = {"model_version": version, "promoted": float(promoted), "champion_version": serving}
+            _describe(recorder, name, version, gen, index_dir)
     return {
         "catalog_name": catalog_name,
         "index_version": index_dir.name,
@@ -87,7 +89,7 @@ def retrain(
     }
 
 
-def _register(recorder: FlowRecorder, gen, outcome, name: str, logger) -> tuple[int, bool, int | None, int]:
+def _register(recorder: FlowRecorder, gen, outcome, name: str) -> tuple[int, bool, int | None, int]:
     """Register the challenger once (a rerun finds the recorded version; a run killed between registering and
     recording it left the version in MLflow, found by its tag: never registered twice); promote it when it
     won, else register the champion serving today's index when it was rebound. Returns (challenger version,
@@ -101,21 +103,55 @@ def _register(recorder: FlowRecorder, gen, outcome, name: str, logger) -> tuple[
     if gen.registrations.get(name) is None:
         mark_registered(gen, name, version)
     previous = outcome.champion.version if outcome.champion else None
+    promoted, serving = False, previous
     if previous == version:
-        return version, False, previous, version
-    if outcome.challenger_wins:
+        serving = version
+    elif outcome.challenger_wins:
         tracker.promote(name, version)
-        logger.info("model %s version %s is the new champion (%s)", name, version, _figures(outcome.challenger_figures))
-        return version, True, previous, version
-    serving = previous
-    if outcome.defender_rebound:
+        promoted, serving = True, version
+    elif outcome.defender_rebound:
         serving = register_bundle(tracker, outcome.defender, name, outcome.defender_figures,
                                   tags={"rqsid.rebound_from": str(previous)})
         tracker.promote(name, serving)
-    logger.info("model %s version %s registered; champion stays version %s, %s (now version %s)", name, version,
-                previous, outcome.serving_note, serving)
-    return version, False, previous, serving
+    figures = {f"promotion.challenger.{k}": v for k, v in metric_names(outcome.challenger_figures).items()}
+    figures |= {f"promotion.champion.{k}": v for k, v in metric_names(outcome.defender_figures or {}).items()}
+    verdict = promotion_verdict(version, promoted, previous, serving, outcome.challenger_figures, outcome.defender_figures,
+                                outcome.result.rule if outcome.result else "", outcome.serving_note)
+    figures |= {"promotion.promoted": float(promoted), "promotion.champion_version": serving}
+    recorder.decide("promotion", verdict, figures)
+    return version, promoted, previous, serving
 
 
-def _figures(figures: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in figures.items() if k != "n") + f" on {figures.get('n', 0)} users"
+def index_lineage(index_dir: Path) -> dict[str, str]:
+    """The versions a model trained on this index depends on: catalog, embedding, tokenizer, index."""
+    versions = index_manifest(index_dir).get("versions", {})
+    return {"catalog": versions.get("catalog"), "embedding": versions.get("embeddings"),
+            "tokenizer": versions.get("tokenizer"), "index": index_dir.name}
+
+
+def _epoch_logger(recorder: FlowRecorder, run_id: str):
+    """Each training epoch as step-wise metrics of the train stage's run (`epoch.loss`, `epoch.valid.recall_at_10`)."""
+    return lambda record: recorder.tracker.log_curve(run_id, "epoch", [record], step_key="epoch")
+
+
+def _log_learning_curve(recorder: FlowRecorder, gen, run_id: str) -> float:
+    """The learning-curve plot (and, for a stored generator, its curve as step-wise metrics); drawing seconds."""
+    from rqsid.plots import plot_learning_curve
+
+    history, best_epoch = gen.training_history()
+    if gen.reused:
+        recorder.tracker.log_curve(run_id, "epoch", history, step_key="epoch")
+    title = f"generator {gen.version}: learning curve ({len(history)} epochs)"
+    return recorder.log_plot(lambda path: plot_learning_curve(history, path, best_epoch, title), "learning_curve")
+
+
+def _describe(recorder: FlowRecorder, name: str, version: int, gen, index_dir: Path) -> None:
+    """Lineage tags, headline figures and a description on the registered model version."""
+    from flows.audit import headline_metrics, mlflow_run_url, mlflow_ui_url, model_description
+
+    flat = flat_metrics(gen.metrics)
+    run_url = mlflow_run_url(mlflow_ui_url(recorder.config.orchestration), recorder.experiment, recorder.run_id)
+    description = model_description(recorder.catalog_name, index_manifest(index_dir), flat,
+                                    recorder.verdict("promotion"), run_url)
+    lineage = index_lineage(index_dir) | {"generator": gen.version}
+    recorder.tracker.describe_model_version(name, version, description, lineage, headline_metrics(flat))

@@ -171,6 +171,8 @@ class OrchestrationConfig(_Section):
     partition_rows: int = Field(2000, ge=1)
     prefect_api_url: str | None = None
     mlflow_tracking_uri: str | None = None
+    mlflow_ui_url: str | None = Field(None, description="where reviewers open the MLflow UI, for links in run summaries; "
+                                      "None = the tracking server if it is one, else http://127.0.0.1:5000 (`rqsid ui`)")
 
 
 class RqsidConfig(_Section):

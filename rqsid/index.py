@@ -16,6 +16,7 @@ What a served generator needs of an index besides its SIDs: its items' text embe
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,10 @@ from rqsid.drift import apply_removed_tokens
 from rqsid.embed import read_embeddings
 from rqsid.jsonio import read_json, write_json
 from rqsid.lookup import align_embeddings, positions
+from rqsid.metrics import balance_summary
 from rqsid.sids import SidTable, assign_sids, neutral_keys, read_sids, write_sids
 from rqsid.trie import SidTrie
-from rqsid.versioning import VersionStore
+from rqsid.versioning import IndexRegistry, VersionStore
 
 MANIFEST = "manifest.json"
 
@@ -243,3 +245,20 @@ def item_titles(index_dir: Path, store: VersionStore) -> np.ndarray:
     titles = np.asarray(catalog.column("title").to_pylist(), dtype=object)
     rows = positions(read_index_sids(index_dir).item_ids, catalog.column("item_id").to_numpy(zero_copy_only=False))
     return np.where(rows >= 0, titles[np.maximum(rows, 0)], "")
+
+
+def balance_trend(registry: IndexRegistry, last: int) -> list[dict[str, Any]]:
+    """Per-layer Gini and normalised entropy of a registry's last `last` index versions, oldest first, each
+    with its layers before pruning where the manifest kept them (points for `rqsid.plots.trend_figure`)."""
+    points = []
+    for version in registry.versions()[-last:]:
+        folder = registry.path(version)
+        manifest = index_manifest(folder)
+        created = time.strftime("%m-%d %H:%M", time.gmtime(manifest.get("created", 0)))
+        points.append({
+            "version": version,
+            "label": f"{version.removeprefix('index-')[:8]} {created}",
+            "layers": balance_summary(read_json(folder / "report.json"))["layers"],
+            "unpruned": (manifest.get("unpruned") or {}).get("layers"),
+        })
+    return points

@@ -187,3 +187,10 @@ def _aligned(rows: list[list[str]]) -> list[str]:
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
+
+
+def balance_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures a trend over index versions needs: per-layer Gini and normalised entropy, and collisions."""
+    layers = [{"level": layer["level"], "gini": layer["gini"], "entropy_norm": layer["entropy_norm"]}
+              for layer in report["layers"]]
+    return {"layers": layers, "collision_rate": report["collision_rate"]}

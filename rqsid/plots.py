@@ -165,3 +165,165 @@ def plot_side_by_side(reports: Mapping[str, Report], path: str | Path, title: st
 
         raise RqsidError("plot_side_by_side needs at least one report")
     return _save(side_by_side_figure(reports, title), path)
+
+
+# ---------------------------------------------------------------- before and after pruning
+
+
+def _ranked(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes from most to least used, rank of each code starting at 1)."""
+    order = np.argsort(-counts, kind="stable")
+    rank = np.empty(len(counts), dtype=np.int64)
+    rank[order] = np.arange(1, len(counts) + 1)
+    return order, rank
+
+
+def _before_after_frequencies(ax, before: Mapping[str, Any], after: Mapping[str, Any], removed) -> None:
+    counts = np.asarray(before["counts"], dtype=np.float64)
+    order, rank = _ranked(counts)
+    used = counts[order] > 0
+    ax.step(np.arange(1, len(counts) + 1)[used], counts[order][used], where="mid", color="grey", linestyle="--",
+            linewidth=1.3, label="before pruning")
+    if after["n_items"]:
+        kept = _in_play_counts(after)[::-1]
+        kept = kept[kept > 0]
+        ax.step(np.arange(1, len(kept) + 1), kept, where="mid", color="tab:blue", linewidth=1.5,
+                label="after pruning (published)")
+    if len(removed):
+        gone = np.asarray(removed, dtype=np.int64)
+        ax.scatter(rank[gone], np.maximum(counts[gone], 0.8), marker="x", color="tab:red", s=22, zorder=3,
+                   label=f"removed by pruning ({len(gone)})")
+    ax.set_yscale("log")
+    ax.set_xlim(0, len(counts) + 1)
+    ax.set_xlabel("token rank (most frequent first)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="upper right", fontsize=7)
+
+
+def _before_after_lorenz(ax, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="equality")
+    x, y = lorenz_curve(_in_play_counts(before))
+    ax.plot(x, y, color="grey", linestyle="--", linewidth=1.4, label=f"before (Gini {_fmt(before['gini'])})")
+    if after["n_items"]:
+        x, y = lorenz_curve(_in_play_counts(after))
+        ax.plot(x, y, color="tab:blue", linewidth=1.6, label=f"after (Gini {_fmt(after['gini'])})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("share of codes (least used first)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+
+
+def pruning_figure(before: Report, after: Report, removed: Mapping[int, Any] | None = None, title: str = "") -> Figure:
+    """One column per layer: token frequencies (top) and Lorenz curves (bottom) of the SIDs before pruning
+    (dashed grey) and after it (blue); the tokens that pruning removed are marked on the before curve.
+    `removed`: 1-based level -> removed codes (`SidTable.removed_codes()` of the pruned table)."""
+    removed = {int(level): list(codes) for level, codes in (removed or {}).items()}
+    layers = list(zip(before["layers"], after["layers"], strict=True))
+    figure = Figure(figsize=(4.2 * len(layers), 7.4), layout="constrained")
+    axes = figure.subplots(2, len(layers), squeeze=False)
+    for column, (b, a) in enumerate(layers):
+        gone = removed.get(b["level"], [])
+        _before_after_frequencies(axes[0, column], b, a, gone)
+        _before_after_lorenz(axes[1, column], b, a)
+        change = f"{len(gone)} of {b['k']} tokens removed" if gone else "nothing removed"
+        after_gini = _fmt(a["gini"]) if a["n_items"] else "dropped"
+        axes[0, column].set_title(f"layer {b['level']}: Gini {_fmt(b['gini'])} before -> {after_gini} after\n{change}",
+                                  fontsize=9)
+    axes[0, 0].set_ylabel("items per token (log)")
+    axes[1, 0].set_ylabel("share of items")
+    k = sum(len(codes) for codes in removed.values())
+    what = f"{k} tokens removed" if k else "no pruning needed (K = 0)"
+    figure.suptitle(f"{title + ': ' if title else ''}before pruning vs after pruning ({what})\n"
+                    f"collision rate {_fmt(before['collision_rate'])} before -> {_fmt(after['collision_rate'])} after, "
+                    f"{after['n_items']} items")
+    return figure
+
+
+def plot_pruning(before: Report, after: Report, path: str | Path, removed: Mapping[int, Any] | None = None,
+                 title: str = "") -> Path:
+    """Before and after pruning on one figure (see `pruning_figure`)."""
+    return _save(pruning_figure(before, after, removed, title), path)
+
+
+# ---------------------------------------------------------------- trend over index versions
+
+
+def trend_figure(points: list[Mapping[str, Any]], gini_bound: float | None = None, title: str = "") -> Figure:
+    """Per-layer Gini (top) and normalised entropy (bottom) of successive index versions, oldest first, so a
+    slow drift toward an hourglass shows. A point: {"label", "layers": [{"level", "gini", "entropy_norm"}],
+    "unpruned": same layers before pruning, or None}. The last point is this night's."""
+    if not points:
+        from rqsid import RqsidError
+
+        raise RqsidError("trend_figure needs at least one index version")
+    x = np.arange(len(points))
+    figure = Figure(figsize=(max(6.0, 0.9 * len(points) + 3.5), 6.4), layout="constrained")
+    gini_ax, entropy_ax = figure.subplots(2, 1, sharex=True)
+    levels = sorted({layer["level"] for point in points for layer in point["layers"]})
+    for level in levels:
+        for ax, key in ((gini_ax, "gini"), (entropy_ax, "entropy_norm")):
+            line, = ax.plot(x, _series(points, "layers", level, key), marker="o", linewidth=1.5, label=f"layer {level}")
+            if any(point.get("unpruned") for point in points) and level == 2:
+                ax.plot(x, _series(points, "unpruned", level, key), marker="x", linestyle="--", linewidth=1.2,
+                        color=line.get_color(), label="layer 2 before pruning")
+    if gini_bound is not None:
+        gini_ax.axhline(gini_bound, color="tab:red", linestyle=":", linewidth=1.2, label=f"gate bound {gini_bound:g}")
+    gini_ax.axvspan(x[-1] - 0.4, x[-1] + 0.4, color="gold", alpha=0.2, label="this night")
+    gini_ax.set_ylabel("Gini (published SIDs)")
+    entropy_ax.set_ylabel("entropy / log2 K")
+    gini_ax.set_ylim(0, 1)
+    entropy_ax.set_ylim(0, 1.05)
+    for ax in (gini_ax, entropy_ax):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    entropy_ax.set_xticks(x, [point["label"] for point in points], rotation=30, ha="right", fontsize=8)
+    entropy_ax.set_xlabel("index version (oldest first)")
+    gini_ax.set_title(title or f"per-layer balance of the last {len(points)} index versions")
+    return figure
+
+
+def _series(points, field: str, level: int, key: str) -> list[float]:
+    out = []
+    for point in points:
+        layer = next((layer for layer in point.get(field) or [] if layer["level"] == level), None)
+        value = None if layer is None else layer.get(key)
+        out.append(np.nan if value is None else float(value))
+    return out
+
+
+def plot_trend(points: list[Mapping[str, Any]], path: str | Path, gini_bound: float | None = None, title: str = "") -> Path:
+    return _save(trend_figure(points, gini_bound, title), path)
+
+
+# ---------------------------------------------------------------- the generator's learning curve
+
+
+def learning_curve_figure(history: list[Mapping[str, Any]], best_epoch: int | None = None, title: str = "") -> Figure:
+    """Training loss per epoch (left) and validation Recall@10 / NDCG@10 at each evaluated epoch (right),
+    the kept (best) epoch marked. `history`: the generator's per-epoch records."""
+    figure = Figure(figsize=(9.0, 3.6), layout="constrained")
+    loss_ax, valid_ax = figure.subplots(1, 2)
+    epochs = [record["epoch"] for record in history]
+    loss_ax.plot(epochs, [record["loss"] for record in history], marker=".", linewidth=1.5)
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_title("training loss", fontsize=9)
+    evaluated = [record for record in history if record.get("valid")]
+    for metric in ("recall@10", "ndcg@10"):
+        valid_ax.plot([r["epoch"] for r in evaluated], [r["valid"][metric] for r in evaluated], marker="o",
+                      linewidth=1.5, label=f"valid {metric}")
+    if best_epoch is not None:
+        valid_ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept: epoch {best_epoch}")
+    valid_ax.set_xlabel("epoch")
+    valid_ax.set_title("validation (early-stopping users)", fontsize=9)
+    valid_ax.legend(fontsize=8)
+    for ax in (loss_ax, valid_ax):
+        ax.grid(True, alpha=0.3)
+    figure.suptitle(title or f"generator learning curve ({len(history)} epochs)")
+    return figure
+
+
+def plot_learning_curve(history: list[Mapping[str, Any]], path: str | Path, best_epoch: int | None = None,
+                        title: str = "") -> Path:
+    return _save(learning_curve_figure(history, best_epoch, title), path)

@@ -222,11 +222,11 @@ def _distribution_builder(levels: tuple[int, ...], has_layer2: bool) -> Callable
 _BUILDERS: dict[tuple, Callable] = {}
 
 
-def check_distribution(report: dict, gate: GateConfig) -> GateResult:
-    """Distribution gate over `rqsid.metrics.distribution_report`: layer-2 Gini, collisions, utilisation.
+def distribution_gate_inputs(report: dict) -> dict[str, float]:
+    """The figures the distribution gate judges: collision rate, layer-2 Gini, each layer's utilisation.
 
-    A layer that no item keeps a token at (dropped entirely by pruning) is not checked: an absent
-    layer is neither concentrated nor under-used.
+    A layer that no item keeps a token at (dropped entirely by pruning) is left out: an absent layer is
+    neither concentrated nor under-used.
     """
     try:
         layers = {int(layer["level"]): layer for layer in report["layers"] if layer["n_items"] > 0}
@@ -237,7 +237,15 @@ def check_distribution(report: dict, gate: GateConfig) -> GateResult:
         metrics["layer2_gini"] = float(layers[2]["gini"])
     for level, layer in layers.items():
         metrics[f"l{level}_utilisation"] = float(layer["utilisation"])
-    key = (tuple(sorted(layers)), 2 in layers)
+    return metrics
+
+
+def check_distribution(report: dict, gate: GateConfig) -> GateResult:
+    """Distribution gate over `rqsid.metrics.distribution_report`: layer-2 Gini, collisions, utilisation
+    (`distribution_gate_inputs`)."""
+    metrics = distribution_gate_inputs(report)
+    levels = tuple(sorted(int(k.removeprefix("l").removesuffix("_utilisation")) for k in metrics if k.endswith("_utilisation")))
+    key = (levels, "layer2_gini" in metrics)
     if key not in _BUILDERS:
         _BUILDERS[key] = _distribution_builder(*key)
     name = "distribution-" + "-".join(map(str, key[0])) + ("" if key[1] else "-nol2")

@@ -3,6 +3,7 @@ evaluate it on validation and test, and remember its MLflow registration in its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,11 @@ class GeneratorVersion:
     @property
     def model_dir(self) -> Path:
         return self.path / "model"
+
+    def training_history(self) -> tuple[list[dict], int | None]:
+        """(per-epoch records, the epoch whose weights were kept) as the generator saved them."""
+        meta = read_json(self.model_dir / "meta.json")
+        return meta.get("history", []), (meta.get("best") or {}).get("epoch")
 
 
 def interactions_of(index_dir: Path, home: ProjectHome | None = None) -> Path:
@@ -71,8 +77,9 @@ def flat_metrics(metrics: dict) -> dict[str, float]:
 
 @task(name="train-generator", cache_policy=NO_CACHE)
 def train_and_evaluate(index_dir: Path, interactions_file: Path, config: GeneratorConfig,
-                       home: ProjectHome | None = None) -> GeneratorVersion:
-    """Train the generative retriever on the index's SIDs, evaluate it on validation and test."""
+                       home: ProjectHome | None = None, on_epoch: Callable[[dict], None] | None = None) -> GeneratorVersion:
+    """Train the generative retriever on the index's SIDs, evaluate it on validation and test; `on_epoch` gets
+    each epoch's record while it trains (not called when the stored generator is reused)."""
     from prefect import get_run_logger
 
     from rqsid.generator.data import SidVocab, sequences_from_interactions
@@ -90,7 +97,8 @@ def train_and_evaluate(index_dir: Path, interactions_file: Path, config: Generat
             seqs = sequences_from_interactions(read_interactions(interactions_file), vocab)
             # item vectors from text: the embeddings of the index's embeddings version, in SID-table row order
             features = item_embeddings(index_dir, store(home)) if config.item_text else None
-            trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info, item_features=features)
+            trained = train_generator(seqs, vocab, config, out_dir=folder / "model", log=logger.info, item_features=features,
+                                      on_epoch=on_epoch)
             reach("train")
             head = head_item_mask(IndexSnapshot.load(index_dir).unpruned(), vocab)
             metrics = {split: evaluate_split(trained, seqs, split, head)[0] for split in ("valid", "test")}

@@ -16,7 +16,8 @@ from rqsid.config import DriftConfig, GateConfig, PruneConfig
 from rqsid.drift import DriftReport, apply_removed_tokens, drift_report
 from rqsid.home import ProjectHome
 from rqsid.index import IndexSnapshot, ItemDelta, carry_codes, changed_sid_count, item_delta, stable_table, write_index_files
-from rqsid.metrics import distribution_report, table_report
+from rqsid.metrics import balance_summary, distribution_report, table_report
+from rqsid.prune import PruneResult
 from rqsid.sids import SidTable, assign_sids
 from rqsid.trie import SidTrie
 from rqsid.versioning import version_id
@@ -76,8 +77,9 @@ def measure_drift(catalog: CatalogVersion, embeddings: EmbeddingsVersion, index_
 class SidBuild:
     table: SidTable  # final SIDs (pruned when the gate needed it)
     codes: np.ndarray  # raw codes, catalog order
-    report: dict
-    gates: list[dict]  # each distribution gate run, in order
+    report: dict  # of the final SIDs
+    unpruned_report: dict  # of the raw codes, before any pruning
+    gates: list[dict]  # each distribution gate run, in order, with the figures it judged ("observed")
     k: int
     dropped: bool
     prune_trace: list[dict]
@@ -85,18 +87,20 @@ class SidBuild:
     compute_s: float
 
 
-@task(name="assign-sids", cache_policy=NO_CACHE)
-def build_sids(catalog: CatalogVersion, embeddings: EmbeddingsVersion, tokenizer: TokenizerVersion,
-               prune: PruneConfig, gate: GateConfig, base: Path | None = None,
-               carried_codes: np.ndarray | None = None) -> SidBuild:
-    """SIDs -> report -> GX gate; when it fails, adaptive top-K pruning (choose_k) and the gate again.
+@dataclass
+class _Assigned:
+    codes: np.ndarray
+    unpruned: SidTable
+    table: SidTable  # = unpruned, or with the published pruning and dedup numbers carried over
+    base: IndexSnapshot | None
+    compute_s: float
 
-    With `base` (the published index, when its tokenizer is reused), unchanged items keep their codes
-    and the published pruning and dedup numbers, so their SIDs stay as they were unless the gate
-    forces a new choice of K. Raises GateFailed when no pruning passes: nothing gets published."""
-    from rqsid.prune import choose_k
+
+@task(name="assign-sids", cache_policy=NO_CACHE)
+def assign_index_sids(catalog: CatalogVersion, embeddings: EmbeddingsVersion, tokenizer: TokenizerVersion,
+                      prune: PruneConfig, base: Path | None = None, carried_codes: np.ndarray | None = None) -> _Assigned:
+    """Codes (carried, or encoded by the tokenizer) -> SIDs; on top of `base`, its pruning and dedup numbers."""
     from rqsid.quantize import load_tokenizer
-    from tasks.gates import check_distribution
 
     watch = Stopwatch()
     with watch.compute():
@@ -108,15 +112,70 @@ def build_sids(catalog: CatalogVersion, embeddings: EmbeddingsVersion, tokenizer
             codes = load_tokenizer(tokenizer.model_dir).encode(embeddings.aligned(ids))
         unpruned = assign_sids(ids, codes, tokenizer.level_sizes)
         table = stable_table(ids, codes, tokenizer.level_sizes, base_index, prune.level) if base_index else unpruned
-        report = table_report(table)
-    gates = [gate_dict(check_distribution(report, gate)) | {"k": (table.pruning or {}).get("k", 0)}]
+    return _Assigned(codes, unpruned, table, base_index, watch.compute_s)
+
+
+@task(name="distribution-gate", cache_policy=NO_CACHE)
+def distribution_gate(report: dict, gate: GateConfig, when: str, k: int, dropped: bool = False) -> dict:
+    """The GX distribution gate on a report; logs what it judged and its verdict."""
+    from prefect import get_run_logger
+
+    from tasks.gates import check_distribution, distribution_gate_inputs
+
+    result = check_distribution(report, gate)
+    observed = distribution_gate_inputs(report)
+    figures = f"layer-2 Gini {observed.get('layer2_gini', float('nan')):.4f} (max {gate.max_layer2_gini}), " \
+              f"collisions {observed['collision_rate']:.4f} (max {gate.max_collision_rate}), K={k}"
+    if result.success:
+        get_run_logger().info("distribution gate %s: passed; %s", when, figures)
+    else:
+        get_run_logger().warning("distribution gate %s: FAILED (%s); %s", when, "; ".join(result.failures), figures)
+    return gate_dict(result) | {"when": when, "observed": observed, "k": k, "dropped": dropped}
+
+
+@task(name="prune-adaptively", cache_policy=NO_CACHE)
+def prune_adaptively(unpruned: SidTable, prune: PruneConfig) -> tuple[PruneResult, float]:
+    """Adaptive top-K pruning of the raw SIDs (`rqsid.prune.choose_k`); logs the K chosen and why."""
+    from prefect import get_run_logger
+
+    from rqsid.prune import choose_k
+
+    watch = Stopwatch()
+    with watch.compute():
+        # (prune.fallback is not passed: the pipeline always falls back to dropping the layer)
+        pruned = choose_k(unpruned, prune.gini_threshold, prune.max_collision_rate, prune.level, prune.max_k)
+    layer = pruned.report["layers"][prune.level - 1]
+    if pruned.dropped:
+        get_run_logger().warning("pruning layer %d: no K keeps Gini <= %s and collisions <= %s: the layer is dropped",
+                                 prune.level, prune.gini_threshold, prune.max_collision_rate)
+    else:
+        get_run_logger().info("pruning layer %d: K=%d, the smallest K with retained Gini %.4f <= %s and collisions "
+                              "%.4f <= %s", prune.level, pruned.k, layer["gini"], prune.gini_threshold,
+                              pruned.report["collision_rate"], prune.max_collision_rate)
+    return pruned, watch.compute_s
+
+
+def build_sids(catalog: CatalogVersion, embeddings: EmbeddingsVersion, tokenizer: TokenizerVersion,
+               prune: PruneConfig, gate: GateConfig, base: Path | None = None,
+               carried_codes: np.ndarray | None = None) -> SidBuild:
+    """SIDs -> report -> GX gate; when it fails, adaptive top-K pruning and the gate again (each a task, so the
+    flow run's graph shows them).
+
+    With `base` (the published index, when its tokenizer is reused), unchanged items keep their codes
+    and the published pruning and dedup numbers, so their SIDs stay as they were unless the gate
+    forces a new choice of K. Raises GateFailed when no pruning passes: nothing gets published."""
+    assigned = assign_index_sids(catalog, embeddings, tokenizer, prune, base, carried_codes)
+    watch = Stopwatch(assigned.compute_s)
+    with watch.compute():
+        table, unpruned_report = assigned.table, table_report(assigned.unpruned)
+        report = unpruned_report if table is assigned.unpruned else table_report(table)
     k, dropped, trace = (table.pruning or {}).get("k", 0), False, []
+    gates = [distribution_gate(report, gate, "before pruning" if not k else "with the published pruning", k)]
     if not gates[-1]["success"]:
-        with watch.compute():
-            # (prune.fallback is not passed: the pipeline always falls back to dropping the layer)
-            pruned = choose_k(unpruned, prune.gini_threshold, prune.max_collision_rate, prune.level, prune.max_k)
+        pruned, seconds = prune_adaptively(assigned.unpruned, prune)
+        watch.compute_s += seconds
         table, report, k, dropped, trace = pruned.table, pruned.report, pruned.k, pruned.dropped, pruned.trace
-        gates.append(gate_dict(check_distribution(report, gate)) | {"k": k, "dropped": dropped})
+        gates.append(distribution_gate(report, gate, "after pruning", k, dropped))
     if not gates[-1]["success"]:
         err = GateFailed(
             f"distribution gate still fails after pruning (K={k}{', layer dropped' if dropped else ''}): "
@@ -127,9 +186,11 @@ def build_sids(catalog: CatalogVersion, embeddings: EmbeddingsVersion, tokenizer
     with watch.compute():
         SidTrie.build(table.token_matrix(), table.vocab_size)  # every SID maps back to exactly one item
         changes = None
-        if base_index is not None:
-            changes = changed_sid_count(base_index.sids.item_ids, base_index.sids.token_matrix(), ids, table.token_matrix())
-    return SidBuild(table, codes, report, gates, int(k), bool(dropped), trace, changes, watch.compute_s)
+        if assigned.base is not None:
+            base_sids = assigned.base.sids
+            changes = changed_sid_count(base_sids.item_ids, base_sids.token_matrix(), table.item_ids, table.token_matrix())
+    return SidBuild(table, assigned.codes, report, unpruned_report, gates, int(k), bool(dropped), trace, changes,
+                    watch.compute_s)
 
 
 # ---------------------------------------------------------------- publication
@@ -179,6 +240,7 @@ def publish_index(version: str, catalog: CatalogVersion, embeddings: EmbeddingsV
             "level_sizes": tokenizer.level_sizes,
             "recon_error": tokenizer.recon_error,
             "layer2_gini": level2["gini"] if level2 else None,
+            "unpruned": balance_summary(sids.unpruned_report),
             "collision_rate": sids.report["collision_rate"],
             "k": sids.k,
             "dropped": sids.dropped,

@@ -14,6 +14,8 @@ from rqsid.config import QuantizerConfig
 from rqsid.embed import read_embeddings
 from rqsid.home import ProjectHome
 from rqsid.index import index_manifest
+from rqsid.jsonio import read_json
+from rqsid.quantize.base import META_FILE
 from rqsid.versioning import version_id
 from tasks.common import Stopwatch, store
 from tasks.embeddings import EmbeddingsVersion
@@ -29,6 +31,11 @@ class TokenizerVersion:
     reused: bool
     compute_s: float
     model_dir: Path  # what load_tokenizer reads
+
+    def training_history(self) -> tuple[str, list[dict]]:
+        """(kind, per-epoch or per-level records of its fit) as the tokenizer saved them."""
+        meta = read_json(self.model_dir / META_FILE)
+        return meta["kind"], meta.get("history", [])
 
 
 def tokenizer_version(embeddings: EmbeddingsVersion, config: QuantizerConfig) -> str:

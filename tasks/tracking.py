@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,17 +24,59 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 import mlflow  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
 import pandas as pd  # noqa: E402
+from mlflow.entities import ExperimentTag, Metric  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from rqsid import RqsidError  # noqa: E402
+from rqsid import RqsidError, __version__  # noqa: E402
 from rqsid.config import RqsidConfig  # noqa: E402
-from rqsid.home import ProjectHome  # noqa: E402
+from rqsid.home import ProjectHome, repo_root  # noqa: E402
 from rqsid.liveness import OWNER_TAG, this_process  # noqa: E402
 
 CHAMPION = "champion"
 LAYER_METRICS = ("gini", "entropy_bits", "entropy_norm", "std", "utilisation", "max_share")
-_METRIC_TAG = "rqsid.metric."
+# MLflow 3's UI shows an experiment of this kind in its training (ML) view, not its GenAI view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the run page shows it as the run's source commit
+# ... but its UI opens in the GenAI view unless the link says otherwise (it keeps the choice while one navigates).
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+@cache
+def git_commit() -> str | None:
+    """The commit of the rqsid checkout that runs (with "-dirty" when tracked files differ), or None outside git."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo_root()), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def source_tags() -> dict[str, str]:
+    """What code made a run: the rqsid version, and the git commit when there is a checkout (MLflow's tag gets the
+    bare commit, which its UI shows and links; `rqsid.git_commit` says "-dirty" when tracked files differed)."""
+    commit = git_commit()
+    if not commit:
+        return {"rqsid.version": __version__}
+    return {"rqsid.version": __version__, GIT_COMMIT_TAG: commit.removesuffix("-dirty"), "rqsid.git_commit": commit}
+
+
+def _create_store(tracking_uri: str, artifact_root: Path) -> None:
+    """Create a new sqlite store with its artifact root in the home, so that the `Default` experiment MLflow
+    makes with the store keeps its artifacts there too (MLflow's own default is ./mlruns of the cwd)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix) or Path(tracking_uri[len(prefix):]).exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore(tracking_uri, artifact_root.as_uri())
+    for key, value in EXPERIMENT_KIND.items():
+        store.set_experiment_tag(store.DEFAULT_EXPERIMENT_ID, ExperimentTag(key, value))
+    store.engine.dispose()
 
 
 def default_pip_requirements() -> list[str]:
@@ -80,6 +125,7 @@ class Tracker:
         self.tracking_uri = tracking_uri or home.mlflow_uri
         self.artifact_root = Path(artifact_root or home.mlflow_artifacts).resolve()
         self.artifact_root.mkdir(parents=True, exist_ok=True)
+        _create_store(self.tracking_uri, self.artifact_root)
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         self.client = MlflowClient(self.tracking_uri, registry_uri=self.tracking_uri)
@@ -91,10 +137,13 @@ class Tracker:
         """The experiment of a catalog (created on first use, artifacts under the artifact root)."""
         found = self.client.get_experiment_by_name(catalog_name)
         if found is not None:
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:  # made by an older rqsid
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         location = (self.artifact_root / catalog_name).as_uri()
         try:
-            return self.client.create_experiment(catalog_name, artifact_location=location)
+            return self.client.create_experiment(catalog_name, artifact_location=location, tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by another process
             return self.client.get_experiment_by_name(catalog_name).experiment_id
 
@@ -105,9 +154,8 @@ class Tracker:
         mlflow.set_tracking_uri(self.tracking_uri)
         owner = this_process(ProjectHome.default().root)  # a dead owner's runs are ended by tasks.recovery
         owner.note("mlflow", self.tracking_uri)
-        tags = {OWNER_TAG: owner.token, **(tags or {})}
-        with mlflow.start_run(run_name=name, experiment_id=experiment, nested=nested,
-                              tags={k: str(v) for k, v in tags.items()}) as run:
+        tags = source_tags() | {OWNER_TAG: owner.token} | {k: str(v) for k, v in (tags or {}).items()}
+        with mlflow.start_run(run_name=name, experiment_id=experiment, nested=nested, tags=tags) as run:
             yield run
 
     @staticmethod
@@ -142,6 +190,24 @@ class Tracker:
         else:
             mlflow.log_artifact(str(path), artifact_path=subdir)
 
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        """Metrics of a named run (not necessarily the active one: a flow's run while a stage run is active)."""
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()], synchronous=True)
+
+    def log_curve(self, run_id: str, prefix: str, history: list[Mapping[str, Any]], step_key: str | None = None) -> list[str]:
+        """Step-wise metrics `{prefix}.{name}` of a training history, one step per record (`record[step_key]`, else
+        its position from 1); list-valued fields become `{prefix}.l{n}.{name}`. Returns the metric names."""
+        now = int(time.time() * 1000)
+        metrics = []
+        for position, record in enumerate(history, 1):
+            step = int(record[step_key]) if step_key else position
+            for name, value in curve_values(record, exclude={step_key, "epoch", "level", "seconds", "elapsed_s", "phase"}):
+                metrics.append(Metric(f"{prefix}.{name}", value, now, step))
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=metrics[start:start + 1000], synchronous=True)
+        return sorted({m.key for m in metrics})
+
     def set_lineage(self, prefect_flow_run_id: str | None = None, **ids: str) -> None:
         """Tags `rqsid.lineage.<name>` = version id (catalog=..., embedding=..., index=...)."""
         self._active_run_id()
@@ -175,8 +241,6 @@ class Tracker:
             metadata={"rqsid.loader": loader or "", **(metadata or {})},
         )
         version = mlflow.register_model(info.model_uri, name, tags={"rqsid.run_id": run_id, **(tags or {})})
-        for key, value in metrics.items():
-            self.client.set_model_version_tag(name, version.version, _METRIC_TAG + key, repr(float(value)))
         return int(version.version)
 
     def version_tagged(self, name: str, key: str, value: str) -> int | None:
@@ -187,14 +251,25 @@ class Tracker:
             return None
         return min((int(v.version) for v in found), default=None)
 
+    def describe_model_version(self, name: str, version: int, description: str, lineage: Mapping[str, str],
+                               headline: Mapping[str, float]) -> None:
+        """What a reviewer of the registry needs beside the model: lineage tags (`rqsid.lineage.*`: catalog,
+        embedding, tokenizer, index, git commit), a few headline metrics rounded to 4 places, a description."""
+        tags = {f"rqsid.lineage.{kind}": value for kind, value in lineage.items() if value}
+        if git_commit():
+            tags["rqsid.lineage.git_commit"] = git_commit()
+        tags |= {key: f"{float(value):.4f}" for key, value in headline.items()}
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, value)
+        self.client.update_model_version(name, str(version), description=description)
+
     def champion(self, name: str) -> tuple[int, dict[str, float]] | None:
-        """(version, metrics) of the model's "champion" alias, or None when there is none yet."""
+        """(version, metrics of the run that registered it) of the model's "champion" alias, or None."""
         try:
             version = self.client.get_model_version_by_alias(name, CHAMPION)
         except MlflowException:
             return None
-        metrics = {k[len(_METRIC_TAG):]: float(v) for k, v in version.tags.items() if k.startswith(_METRIC_TAG)}
-        return int(version.version), metrics
+        return int(version.version), dict(self.client.get_run(version.run_id).data.metrics)
 
     def promote(self, name: str, version: int) -> None:
         try:
@@ -228,6 +303,19 @@ def _prepare_sqlite_store(uri: str, client: MlflowClient) -> None:
 
 
 _PREPARED: set[str] = set()
+
+
+def curve_values(record: Mapping[str, Any], exclude: set) -> Iterator[tuple[str, float]]:
+    """(name, value) of a history record's numbers; lists by layer (`l1.name`), dicts by key (`key.name`)."""
+    for name, value in record.items():
+        if name in exclude or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            yield name.replace("@", "_at_"), float(value)
+        elif isinstance(value, list):
+            yield from ((f"l{n}.{name}", float(v)) for n, v in enumerate(value, 1) if isinstance(v, (int, float)))
+        elif isinstance(value, Mapping):
+            yield from ((f"{name}.{key}", v) for key, v in curve_values(value, exclude))
 
 
 def report_metrics(report: dict, prefix: str) -> dict[str, float]:

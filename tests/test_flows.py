@@ -113,8 +113,9 @@ def test_reindex_publishes_a_gated_index_with_artifacts_and_lineage(published):
     assert "sids.l2.gini" in stages["sids"].data.metrics
     assert {"embeddings/embeddings.parquet", "gx/embeddings.json"} <= _artifacts(client, stages["embed"].info.run_id)
     assert any(p.startswith("rqvae/model/") for p in _artifacts(client, stages["tokenizer"].info.run_id))
-    assert {"reports/sids.json", "gx/distribution.json", "plots/sids_lorenz.png", "plots/sids_token_frequencies.png"} <= \
+    assert {"reports/sids.json", "reports/before_pruning.json", "gx/distribution.json", "plots/pruning_before_after.png"} <= \
         _artifacts(client, stages["sids"].info.run_id)
+    assert "plots/trend_balance.png" in _artifacts(client, parent.info.run_id)
     assert {"gx/catalog.json"} <= _artifacts(client, stages["catalog"].info.run_id)
     assert {"index/sids.parquet", "index/manifest.json"} <= _artifacts(client, stages["publish"].info.run_id)
 

@@ -97,8 +97,10 @@ def test_same_seed_same_model_and_rankings(data, trained):
     _, _, vocab, seqs = data
     first, _ = trained
     cfg = CFG.model_copy(update={"epochs": 3})
-    a = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
+    epochs = []
+    a = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None, on_epoch=epochs.append)
     b = train_generator(seqs, vocab, cfg, progress=False, log=lambda _: None)
+    assert epochs == a.history and [e["epoch"] for e in epochs] == [1, 2, 3]  # each epoch's record, as it was made
     for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -11,10 +12,10 @@ import pytest
 
 from rqsid import RqsidError
 from rqsid.config import RqsidConfig, load_config
-from rqsid.home import ProjectHome
+from rqsid.home import ProjectHome, repo_root
 from rqsid.metrics import distribution_report
 from synthetic_tables import sid_table
-from tasks.tracking import LAYER_METRICS, Tracker
+from tasks.tracking import EXPERIMENT_KIND, GIT_COMMIT_TAG, LAYER_METRICS, Tracker, git_commit
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +43,20 @@ def test_default_store_lives_in_the_project_home(project_home):
     assert tracker.artifact_root == project_home.mlflow_artifacts
     experiment = tracker.client.get_experiment(tracker.experiment("beauty"))
     assert experiment.artifact_location == (project_home.mlflow_artifacts / "beauty").as_uri()
+
+
+def test_every_experiment_opens_in_the_training_view_with_its_artifacts_in_the_home(tracker):
+    default = tracker.client.get_experiment("0")  # made by MLflow with the store
+    assert default.name == "Default" and default.artifact_location == (tracker.artifact_root / "0").as_uri()
+    for experiment in (default, tracker.client.get_experiment(tracker.experiment("kinds"))):
+        assert experiment.tags["mlflow.experimentKind"] == EXPERIMENT_KIND["mlflow.experimentKind"]
+
+
+def test_an_experiment_made_without_a_kind_gets_one(tracker):
+    old = tracker.client.create_experiment("made-by-an-older-rqsid")
+    assert "mlflow.experimentKind" not in tracker.client.get_experiment(old).tags
+    assert tracker.experiment("made-by-an-older-rqsid") == old
+    assert tracker.client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_one_experiment_per_catalog(tracker):
@@ -77,6 +92,9 @@ def test_run_records_config_report_lineage_and_artifacts(tracker, report, tmp_pa
     assert stored.data.tags["rqsid.lineage.embedding"] == "emb-2"
     assert stored.data.tags["prefect.flow_run_id"] == "flow-3"
     assert stored.data.tags["trigger"] == "test"
+    head = subprocess.run(["git", "-C", str(repo_root()), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert head and stored.data.tags[GIT_COMMIT_TAG] == head == git_commit().removesuffix("-dirty")
+    assert stored.data.tags["rqsid.git_commit"] == git_commit()  # "-dirty" when tracked files differ from the commit
     assert _artifact_paths(tracker, run.info.run_id) == {
         "config.json", "reports/raw.json", "index/index/sids.parquet", "note.txt"
     }
@@ -84,6 +102,24 @@ def test_run_records_config_report_lineage_and_artifacts(tracker, report, tmp_pa
                                                                  dst_path=str(tmp_path / "dl"))).read_text())
     assert saved["layers"][1]["counts"] == report["layers"][1]["counts"]
     assert stored.info.artifact_uri.startswith(tracker.artifact_root.as_uri())
+
+
+def test_a_training_history_becomes_step_wise_metrics(tracker):
+    history = [{"phase": "warmup", "epoch": 1, "loss": 0.9, "seconds": 0.1},
+               {"phase": "train", "epoch": 1, "loss": 0.5, "recon": 0.4, "utilisation": [1.0, 0.75], "seconds": 0.1},
+               {"phase": "train", "epoch": 2, "loss": 0.3, "recon": 0.2, "utilisation": [1.0, 0.5], "seconds": 0.1}]
+    with tracker.start_run("fit", tracker.experiment("scientific")) as run:
+        names = tracker.log_curve(run.info.run_id, "rqvae", history)
+    assert names == ["rqvae.l1.utilisation", "rqvae.l2.utilisation", "rqvae.loss", "rqvae.recon"]
+    steps = {m.step: m.value for m in tracker.client.get_metric_history(run.info.run_id, "rqvae.loss")}
+    assert steps == {1: 0.9, 2: 0.5, 3: 0.3}  # warm-up epochs first, one step per record
+    assert [m.value for m in tracker.client.get_metric_history(run.info.run_id, "rqvae.l2.utilisation")] == [0.75, 0.5]
+    epochs = [{"epoch": 2, "loss": 4.0, "valid": {"recall@10": 0.1, "ndcg@10": 0.05}, "elapsed_s": 3.0}]
+    with tracker.start_run("train", tracker.experiment("scientific")) as run:
+        assert tracker.log_curve(run.info.run_id, "epoch", epochs, step_key="epoch") == [
+            "epoch.loss", "epoch.valid.ndcg_at_10", "epoch.valid.recall_at_10"]
+    (point,) = tracker.client.get_metric_history(run.info.run_id, "epoch.valid.recall_at_10")
+    assert (point.step, point.value) == (2, 0.1)
 
 
 def test_nested_runs_link_to_their_parent(tracker):
@@ -149,3 +185,21 @@ def test_register_promote_and_read_the_champion(tracker, tmp_path, monkeypatch):
 
     with pytest.raises(RqsidError, match="has no version 9"):
         tracker.promote(name, 9)
+
+
+def test_a_model_version_carries_lineage_headline_figures_and_a_description(tracker, tmp_path):
+    name = "described-generator"
+    with tracker.start_run("retrain", tracker.experiment("scientific")):
+        version = tracker.register_generator(_generator_dir(tmp_path, "d"), name,
+                                             {"valid.all.recall_at_10": 0.0812345678, "test.all.ndcg_at_10": 0.04},
+                                             pip_requirements=["torch==2.13.0"])
+    tracker.describe_model_version(name, version, "trained on index-1 of scientific; promoted",
+                                   {"catalog": "catalog-1", "index": "index-1", "tokenizer": None},
+                                   {"valid.recall_at_10": 0.0812345678})
+    stored = tracker.client.get_model_version(name, str(version))
+    assert stored.description == "trained on index-1 of scientific; promoted"
+    assert stored.tags["rqsid.lineage.catalog"] == "catalog-1" and stored.tags["rqsid.lineage.index"] == "index-1"
+    assert "rqsid.lineage.tokenizer" not in stored.tags  # an unknown version is left out, not written as "None"
+    assert stored.tags["rqsid.lineage.git_commit"] == git_commit()
+    assert stored.tags["valid.recall_at_10"] == "0.0812"
+    assert not [key for key in stored.tags if key.startswith("rqsid.metric.")]

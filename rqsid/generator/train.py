@@ -138,19 +138,21 @@ def train_generator(
     progress: bool = True,
     log: Callable[[str], None] = print,
     item_features: np.ndarray | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainedGenerator:
     """Train on the training parts of `seqs`, early-stopping on validation NDCG@10 (beam search).
 
     The returned model holds the best validation checkpoint; with `out_dir` it is also saved there
-    every time validation improves.
+    every time validation improves. `on_epoch` receives each epoch's history record as it is made
+    (loss, and validation metrics on evaluated epochs), e.g. to plot a live learning curve.
     """
     if cfg.use_query and not seqs.has_queries:
         raise RqsidError("generator.use_query is set but the sequences have no embedded queries")
     with fit_context(cfg.seed, cfg.threads):  # seeded, deterministic kernels, the caller's RNG restored after
-        return _train(seqs, vocab, cfg, out_dir, progress, log, item_features)
+        return _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch)
 
 
-def _train(seqs, vocab, cfg, out_dir, progress, log, item_features) -> TrainedGenerator:
+def _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch=None) -> TrainedGenerator:
     query_dim = seqs.query_vectors.shape[1] if cfg.use_query else 0
     text = torch.from_numpy(np.ascontiguousarray(item_features, dtype=np.float32)) if cfg.item_text else None
     if text is not None and len(text) != vocab.n_items:
@@ -200,6 +202,8 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features) -> TrainedGe
             log(f"epoch {epoch}: loss {record['loss']:.4f}  valid R@10 {metrics['all']['recall@10']:.4f} "
                 f"N@10 {metrics['all']['ndcg@10']:.4f}  ({record['elapsed_s']:.0f}s)")
         trained.history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
         if stale >= cfg.patience:
             log(f"early stop: no validation gain in {cfg.patience} evaluations")
             break
