@@ -35,6 +35,7 @@ from rqsid.generator import SidVocab, recommend, sequences_from_interactions, tr
 from rqsid.generator.data import eval_batch
 from rqsid.home import shared_data_dir
 from rqsid.importers import import_beauty
+from rqsid.lookup import align_embeddings
 from rqsid.quantize import make_tokenizer
 from rqsid.sids import assign_sids
 
@@ -90,7 +91,8 @@ def sids_and_sequences(embeddings: Path, threads: int):
     tok = make_tokenizer(QuantizerConfig(method="rkmeans", threads=threads)).fit(X, progress=False)
     table = assign_sids(ids, tok.encode(X), tok.codebook_sizes)
     vocab = SidVocab.from_sid_table(table)
-    return vocab, sequences_from_interactions(interactions, vocab)
+    # the items' text embeddings in SID-table order: the default generator's item vectors include them
+    return vocab, sequences_from_interactions(interactions, vocab), align_embeddings(vocab.item_ids, ids, X, str(embeddings))
 
 
 def generator_config(epochs: int, threads: int) -> GeneratorConfig:
@@ -100,11 +102,29 @@ def generator_config(epochs: int, threads: int) -> GeneratorConfig:
     return GeneratorConfig(**fields)
 
 
-def time_beam(trained, seqs, users: np.ndarray, beam: int, trie) -> float:
+def time_beam(trained, seqs, users: np.ndarray, beam: int, trie, ranked: bool = False) -> float:
+    """Seconds to rank `users` at `beam`; ranked=True ranks as the config says (the default: the beam's and
+    the item head's top items scored together), else by the SID beam alone (what the trie costs are about)."""
     batch = eval_batch(seqs, users, "test", trained.cfg.max_history, trained.buckets(seqs))
+    ranking = {"rank_mix": trained.cfg.rank_mix, "candidates": trained.cfg.candidates} if ranked else {}
     start = time.perf_counter()
-    recommend(trained.model, trie, batch, None, beam_size=beam, top_k=10, chunk=256)
+    recommend(trained.model, trie, batch, None, beam_size=beam, top_k=10, chunk=256, **ranking)
     return time.perf_counter() - start
+
+
+def default_rows(trained, seqs, users: np.ndarray) -> list[dict[str, Any]]:
+    """The default generator against the previous default (SID-only), trained and timed in this run."""
+    previous = train_generator(seqs, trained.vocab, trained.cfg.sid_only(), progress=False)
+    rows = []
+    for name, model in (("default (hybrid)", trained), ("previous default (SID-only)", previous)):
+        time_beam(model, seqs, users[:64], 20, model.trie, ranked=True)  # warm-up
+        seconds = time_beam(model, seqs, users, 20, model.trie, ranked=True)
+        rows.append({"generator": name, "samples_per_s": model.stats["samples_per_s"],
+                     "parameters": sum(p.numel() for p in model.model.parameters()), "beam20_qps": len(users) / seconds})
+        log(f"{name}: {rows[-1]['samples_per_s']:.0f} training samples/s, {rows[-1]['beam20_qps']:.1f} queries/s at beam 20")
+    for key in ("samples_per_s", "beam20_qps"):
+        rows[0][f"{key}_ratio"] = rows[0][key] / rows[1][key]
+    return rows
 
 
 def beam_rows(trained, seqs, users: np.ndarray, beams: list[int]) -> list[dict[str, Any]]:
@@ -145,6 +165,14 @@ def markdown(result: dict[str, Any]) -> str:
                                        ("trie s", "trie_s", ".2f"), ("trie share", "trie_share", ".1%"),
                                        ("allowed_mask s", "trie_allowed_mask_s", ".2f"), ("step s", "trie_step_s", ".2f"),
                                        ("leaf_item s", "trie_leaf_item_s", ".2f")])
+    lines += ["", "The rows above decode by the SID beam alone. The default generator against the previous default, "
+              "both trained above for the same epochs and ranked as each is configured (default: the beam's 20 items "
+              "and the item head's top 20 scored together), same users, same run:", ""]
+    lines += md_table(result["defaults"], [("generator", "generator", ""), ("parameters", "parameters", ",d"),
+                                           ("training samples/s", "samples_per_s", ".0f"),
+                                           ("queries/s at beam 20", "beam20_qps", ".1f"),
+                                           ("samples/s ratio", "samples_per_s_ratio", ".2f"),
+                                           ("queries/s ratio", "beam20_qps_ratio", ".2f")])
     return "\n".join(lines)
 
 
@@ -160,15 +188,16 @@ def main() -> None:
     if args.quick:
         args.epochs, args.users = 1, 300
     torch.set_num_threads(args.threads)
-    vocab, seqs = sids_and_sequences(args.embeddings, args.threads)
+    vocab, seqs, features = sids_and_sequences(args.embeddings, args.threads)
     cfg = generator_config(args.epochs, args.threads)
     log(f"training {args.epochs} epoch(s)")
-    trained = train_generator(seqs, vocab, cfg, progress=False, log=lambda m: log("  " + m))
-    users = np.random.default_rng(0).choice(seqs.n_users, min(args.users, seqs.n_users), replace=False)
+    trained = train_generator(seqs, vocab, cfg, progress=False, log=lambda m: log("  " + m), item_features=features)
+    users = np.sort(np.random.default_rng(0).choice(seqs.n_users, min(args.users, seqs.n_users), replace=False))
     result = new_result(threads=args.threads, quick=args.quick, n_items=vocab.n_items, n_users=seqs.n_users,
                         vocab_size=vocab.vocab_size, sid_len=vocab.max_len, batch_size=cfg.batch_size,
                         n_parameters=sum(p.numel() for p in trained.model.parameters()),
-                        training=trained.stats, beam=beam_rows(trained, seqs, np.sort(users), args.beams))
+                        training=trained.stats, beam=beam_rows(trained, seqs, users, args.beams),
+                        defaults=default_rows(trained, seqs, users))
     write_result("generator_throughput" + ("_quick" if args.quick else ""), result, markdown(result))
 
 

@@ -88,7 +88,7 @@ def reindex(embeddings: Path, out_dir: Path, fit_sample: int | None, method: str
     from rqsid.embed import read_embeddings
     from rqsid.metrics import table_report
     from rqsid.prune import choose_k
-    from rqsid.quantize import load_tokenizer, make_tokenizer
+    from rqsid.quantize import fit_sized, load_tokenizer
     from rqsid.sids import assign_sids, write_sids
     from rqsid.trie import SidTrie
 
@@ -107,9 +107,9 @@ def reindex(embeddings: Path, out_dir: Path, fit_sample: int | None, method: str
             overrides["epochs"] = epochs
         if fit_sample is not None:
             overrides["fit_sample"] = fit_sample
-        tok = make_tokenizer(QuantizerConfig(**overrides))
         with stages("fit (sample)") as row:
-            tok.fit(X, progress=False)  # sizes the code space from n and fits on the configured sample
+            # as the pipeline fits: the code space sized from n, a level added while collisions exceed the gate's bound
+            tok = fit_sized(QuantizerConfig(**overrides), X, GateConfig().max_collision_rate, progress=False)
             row["items"] = tok.code_space["fit_items"]
             row["epochs_run"] = sum(1 for h in tok.history if h.get("phase") == "train") or None
         tok.save(out_dir / f"tokenizer-{n}")
@@ -264,6 +264,7 @@ def published_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         space = res.get("code_space") or {}
         rows.append({"items": f"{res['n_items']:,}", "code space": " x ".join(map(str, res["level_sizes"])),
                      "fit_items": space.get("fit_items"),
+                     "tries": ", ".join(f"{t['levels']}: {t['collision_rate']:.3f}" for t in space.get("tries", [])) or "-",
                      "gini": " / ".join(f"{g:.3f}" for g in res["layer_gini"]), "max_share": max(res["max_share"]),
                      "collisions": res["collision_rate"], "gate": _yes(res["gate_before"]),
                      "pruned": ("-" if res["gate_before"] else f"K={res['k']}" + (", layer 2 dropped" if res["dropped"] else "")),
@@ -274,7 +275,7 @@ def published_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 PUBLISHED_COLUMNS = [("items", "items", ""), ("code space (rule)", "code space", ""),
-                     ("fitted on", "fit_items", ",d"),
+                     ("fitted on", "fit_items", ",d"), ("levels tried: collision rate", "tries", ""),
                      ("Gini L1 / L2 / ...", "gini", ""), ("max share", "max_share", ".3f"),
                      ("collision rate", "collisions", ".4f"), ("gate", "gate", ""), ("pruning", "pruned", ""),
                      ("gate after pruning", "gate_after", ""), ("published", "published", ""),

@@ -92,11 +92,15 @@ def _embeddings(args: argparse.Namespace, config, out: Path):
 
 
 def _fit(X, config, out: Path):
-    from rqsid.quantize import make_tokenizer
+    from rqsid.quantize import fit_sized
 
     q = config.quantizer
-    start = step(f"fitting {q.method}: {q.levels} levels x {q.codebook_size} codes on {len(X)} items")
-    tokenizer = make_tokenizer(q).fit(X, progress=True)
+    start = step(f"fitting {q.method}: {q.codebook_size} codes per level on {len(X)} items")
+    # a level is added while the codes collide for more items than the gate allows
+    tokenizer = fit_sized(q, X, config.gate.max_collision_rate, progress=True)
+    tried = tokenizer.code_space.get("tries", [])[:-1]
+    print(f"  code space: {tokenizer.levels} levels x {q.codebook_size} codes"
+          + "".join(f"; {t['levels']} levels collided for {t['collision_rate']:.3f}" for t in tried))
     path = tokenizer.save(out / "tokenizer")
     print(f"  fitted in {time.perf_counter() - start:.1f} s, reconstruction error "
           f"{tokenizer.reconstruction_error(X):.4f} -> {path}")

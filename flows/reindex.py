@@ -89,7 +89,8 @@ def reindex(
             why = _tokenizer_reason(current, reusable, refit, drift, cfg)
             if refit is None or not reusable:
                 refit = not reusable or drift.report.drifted
-            tok = fit_tokenizer(emb, cfg.quantizer) if refit else published_tokenizer(current)
+            tok = (fit_tokenizer(emb, cfg.quantizer, max_collision_rate=cfg.gate.max_collision_rate) if refit
+                   else published_tokenizer(current))
             stage.compute_s += tok.compute_s
             stage.lineage = {"tokenizer": tok.version}
             stage.metrics |= {"recon_error": tok.recon_error, "refit": float(refit), "reused": float(tok.reused),

@@ -187,7 +187,7 @@ def register_bundle(tracker: Tracker, bundle: Bundle, name: str, registration: d
         example["query"] = [str(bundle.titles[0]) or "product"]
     # the version's tags are set with it, in one transaction: a lookup by tag never finds a half-made version
     version_tags = {"rqsid.index_version": bundle.index_version, "rqsid.trained_index_version": bundle.trained_index_version,
-                    **{REGISTRATION_TAG + key: repr(float(value)) for key, value in registration.items()}, **(tags or {})}
+                    **{REGISTRATION_TAG + key: _rounded(value) for key, value in registration.items()}, **(tags or {})}
     with tempfile.TemporaryDirectory(prefix="rqsid-bundle-") as folder:
         version = tracker.register_generator(save_bundle(bundle, Path(folder) / "bundle"), name, metrics or {},
                                              default_pip_requirements(), python_model=str(MODEL_CODE),
@@ -197,6 +197,12 @@ def register_bundle(tracker: Tracker, bundle: Bundle, name: str, registration: d
 
 
 # ---------------------------------------------------------------- evaluation
+
+
+def _rounded(value: float) -> str:
+    """A figure as a reviewer reads it in the registry: 4 places, counts as integers."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() else f"{value:.4f}"
 
 
 def metric_names(figures: dict[str, float]) -> dict[str, float]:

@@ -38,22 +38,25 @@ class TokenizerVersion:
         return meta["kind"], meta.get("history", [])
 
 
-def tokenizer_version(embeddings: EmbeddingsVersion, config: QuantizerConfig) -> str:
-    return version_id("tokenizer", {"embeddings": embeddings.version}, config.identity())
+def tokenizer_version(embeddings: EmbeddingsVersion, config: QuantizerConfig, max_collision_rate: float | None = None) -> str:
+    identity = config.identity() | ({"max_collision_rate": max_collision_rate} if max_collision_rate is not None else {})
+    return version_id("tokenizer", {"embeddings": embeddings.version}, identity)
 
 
 @task(name="fit-tokenizer", cache_policy=NO_CACHE)
-def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: ProjectHome | None = None) -> TokenizerVersion:
-    """Fit the RQ-VAE (or residual k-means) on the embeddings, or return the stored fit."""
-    from rqsid.quantize import make_tokenizer
+def fit_tokenizer(embeddings: EmbeddingsVersion, config: QuantizerConfig, home: ProjectHome | None = None,
+                  max_collision_rate: float | None = None) -> TokenizerVersion:
+    """Fit the RQ-VAE (or residual k-means) on the embeddings, or return the stored fit; with
+    `max_collision_rate` (the gate's), a level is added while the codes collide more (rqsid.quantize.fit_sized)."""
+    from rqsid.quantize import fit_sized
 
-    version = tokenizer_version(embeddings, config)
+    version = tokenizer_version(embeddings, config, max_collision_rate)
     watch = Stopwatch()
 
     def build(folder: Path) -> dict:
         with watch.compute():
             _, X = read_embeddings(embeddings.file)
-            tok = make_tokenizer(config).fit(X)
+            tok = fit_sized(config, X, max_collision_rate)
             tok.save(folder / "model")
             error = tok.reconstruction_error(X)
         reach("fit")

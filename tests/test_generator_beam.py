@@ -25,7 +25,7 @@ def one_torch_thread():
         yield
 
 
-TINY = GeneratorConfig(d_model=16, n_heads=2, n_layers=1, max_history=4, user_buckets=1, dropout=0.0)
+TINY = GeneratorConfig(d_model=16, n_heads=2, n_layers=1, max_history=4, user_buckets=1, dropout=0.0).sid_only()
 
 
 def random_vocab(rng: np.random.Generator, n_items: int, levels: int, size: int, prune_share: float) -> SidVocab:

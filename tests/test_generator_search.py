@@ -47,7 +47,7 @@ def catalog_and_random_histories(n_users: int = 400, seed: int = 0):
 CFG = GeneratorConfig(
     d_model=32, n_heads=2, n_layers=1, max_history=8, user_buckets=1, dropout=0.0, epochs=8, batch_size=64,
     lr=3e-3, warmup_steps=5, eval_every=4, valid_users=0, patience=5, beam_size=10, seed=3,
-)
+).sid_only()
 
 
 @pytest.fixture(scope="module", autouse=True)

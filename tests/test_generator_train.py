@@ -58,7 +58,7 @@ CFG = GeneratorConfig(
     d_model=32, n_heads=2, n_layers=1, max_history=8, user_buckets=1, dropout=0.0, epochs=12,
     batch_size=64, lr=3e-3, warmup_steps=5, eval_every=3, valid_users=0, patience=5, beam_size=10,
     max_train_minutes=2.0, seed=7,
-)
+).sid_only()  # the SID-scored generator: HYBRID (test_generator_retriever) adds the item-level head
 
 
 @pytest.fixture(scope="module", autouse=True)

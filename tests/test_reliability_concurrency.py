@@ -206,7 +206,7 @@ def test_two_catalogs_in_one_home_and_a_second_home_run_side_by_side(tmp_path):
     assert _api_url(out_b_shop) != server_a.api_url  # the other home never borrows it
     for out in (out_a_shop, out_a_garden, out_b_shop):
         assert "database is locked" not in out and "Traceback" not in out
-        assert re.search(r"generator \S+ v1: .*promoted to champion", out), out[-2000:]
+        assert re.search(r"generator \S+ v1: [^\n]*\n\s+promoted to champion", out), out[-2000:]
     for home in (home_a, home_b):  # after the last job of a home, its server stops
         wait_until(lambda home=home: running(ProjectHome(home)) is None, 60, f"{home.name}'s server to stop")
     wait_until(lambda: not port_in_use(server_a.port), 60, "home-a's port to be free")

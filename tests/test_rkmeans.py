@@ -10,8 +10,9 @@ from test_rqvae import skewed_embeddings
 
 from rqsid import RqsidError
 from rqsid.config import QuantizerConfig
-from rqsid.quantize import RQVAE, ResidualKMeans, load_tokenizer, make_tokenizer
+from rqsid.quantize import RQVAE, ResidualKMeans, fit_sized, load_tokenizer, make_tokenizer
 from rqsid.quantize.base import levels_for_catalog
+from rqsid.sids import collision_rate
 
 
 def rk_config(**overrides) -> QuantizerConfig:
@@ -135,3 +136,14 @@ def test_near_isotropic_inputs_give_flat_levels_where_plain_lloyd_collapsed(kind
     plain = layers(make_tokenizer(rk_config(codebook_size=64, kmeans_iters=50, kmeans_balance=0.0)).fit(X, progress=False))
     assert all(layer["gini"] < 0.3 and layer["max_share"] < 3 / 64 for layer in balanced)
     assert plain[-1]["gini"] > 0.6 and plain[-1]["max_share"] > 3 / 64
+
+
+def test_fit_sized_adds_levels_until_the_codes_collide_less_than_asked(X):
+    # 16 codes, 1 level: 3000 items share 16 paths (everything collides); each level added splits them further
+    cfg = rk_config(codebook_size=16, levels=1, levels_up_to_items=None)
+    tok = fit_sized(cfg, X, max_collision_rate=0.3, progress=False)
+    tries = tok.code_space["tries"]
+    assert [t["levels"] for t in tries] == list(range(1, tok.levels + 1)) and tok.levels > 1
+    assert tries[-1]["collision_rate"] <= 0.3 < tries[-2]["collision_rate"]
+    assert tries[-1]["collision_rate"] == pytest.approx(collision_rate(tok.encode(X)))
+    assert "tries" not in fit_sized(cfg, X, None, progress=False).code_space  # no bound: one fit, as configured

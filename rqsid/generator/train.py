@@ -154,6 +154,9 @@ def train_generator(
 
 def _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch=None) -> TrainedGenerator:
     query_dim = seqs.query_vectors.shape[1] if cfg.use_query else 0
+    if cfg.item_text and item_features is None:
+        raise RqsidError("generator.item_text is on but no item features were given: pass the items' text embeddings "
+                         "(SID-table row order), or set generator.item_text=false")
     text = torch.from_numpy(np.ascontiguousarray(item_features, dtype=np.float32)) if cfg.item_text else None
     if text is not None and len(text) != vocab.n_items:
         raise RqsidError(f"item features have {len(text)} rows for {vocab.n_items} items")

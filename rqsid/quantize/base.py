@@ -136,7 +136,11 @@ def check_codes(codes: Any, levels: int, size: int) -> torch.Tensor:
     return codes
 
 
-def levels_for_catalog(n_items: int, min_levels: int, up_to_items: int | None, growth: float, max_levels: int = 8) -> int:
+MAX_LEVELS = 8  # QuantizerConfig.levels' bound
+
+
+def levels_for_catalog(n_items: int, min_levels: int, up_to_items: int | None, growth: float,
+                       max_levels: int = MAX_LEVELS) -> int:
     """min_levels for catalogs of up to `up_to_items` items, one more per `growth`-fold growth beyond
     (QuantizerConfig says why); min_levels when up_to_items is None."""
     levels, capacity = min_levels, up_to_items
