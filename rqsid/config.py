@@ -42,11 +42,12 @@ class QuantizerConfig(_Section):
     levels: int = Field(3, ge=1, le=8, description="code levels; catalogs above levels_up_to_items get more")
     codebook_size: int = Field(256, ge=2, le=65536)
     # The code space is sized from the catalog: up to levels_up_to_items items keep `levels` levels, and
-    # every further items_growth_per_level-fold growth adds one (up to 8). Measured at 256 codes on real
-    # and realistic embeddings (benchmarks/results/scale_issue15.md): collisions stay near what Beauty
-    # (12,101 items, 3 levels) has, 0.16, with 4 levels at 100k items and 5 at 1M, while 4 levels at 1M
-    # collided for 0.29. So 3 x 256 up to 32,768 items (Beauty, Scientific, Sports: TIGER's setting),
-    # 4 up to 262,144, 5 up to 2.1M, 6 up to 16.8M.
+    # every further items_growth_per_level-fold growth adds one (up to 8): 3 x 256 up to 32,768 items
+    # (Beauty, Scientific, Sports: TIGER's setting), 4 up to 262,144, 5 up to 2.1M, 6 up to 16.8M. That
+    # is the first guess: the pipeline adds a level while the codes collide for more items than the gate
+    # allows (rqsid.quantize.fit_sized). Measured at 256 codes on realistic embeddings
+    # (benchmarks/results/scale_issue15*.md): 100k items collide for 0.22 at 4 levels, 0.11 at 5; 1M items
+    # for 0.29 at 4 levels, 0.007 at 5.
     levels_up_to_items: int | None = Field(32_768, ge=1, description="largest catalog that keeps `levels` levels; None = always `levels`")
     items_growth_per_level: float = Field(8.0, gt=1, description="catalog growth (factor) beyond levels_up_to_items that adds one level")
     fit_sample: int | None = Field(65_536, ge=2, description="largest number of items a tokenizer is fitted on (a seeded random sample; codes are still made for every item); None = all")
