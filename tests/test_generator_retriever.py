@@ -4,6 +4,7 @@ serving a newer SID table (new items recommendable before a retrain; changed SID
 from __future__ import annotations
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 import torch
 from test_generator_train import CFG, N_ITEMS, next_item, synthetic
@@ -13,6 +14,7 @@ from rqsid.generator.data import SidVocab, sequences_from_interactions
 from rqsid.generator.retriever import Retriever, bind
 from rqsid.generator.train import train_generator
 from rqsid.index import stable_dedup
+from rqsid.quantize.base import torch_threads
 from rqsid.sids import SidTable, assign_sids
 
 HYBRID = CFG.model_copy(
@@ -110,3 +112,22 @@ def test_a_table_that_changed_a_trained_sid_is_refused(trained):
     changed = SidVocab.from_sid_table(assign_sids(table.item_ids, codes, table.level_sizes))
     with pytest.raises(RqsidError, match="another SID"):
         bind(model, changed, features(N_ITEMS))
+
+
+def test_an_item_never_trained_on_scores_by_its_tokens_and_text_alone():
+    # the users' interactions with one item are removed: its per-item embedding must stay zero (it would
+    # otherwise learn only to push the item away, as a negative of every item-level softmax)
+    table, inter, _ = synthetic()
+    absent = "it5"
+    inter = inter.filter(pc.not_equal(inter["item_id"], absent))
+    vocab = SidVocab.from_sid_table(table)
+    seqs = sequences_from_interactions(inter, vocab)
+    with torch_threads(1):
+        model = train_generator(seqs, vocab, HYBRID.model_copy(update={"epochs": 3}), progress=False, log=lambda _: None,
+                                item_features=features(N_ITEMS))
+    rows = model.model.id_emb.weight.detach()
+    row = int(vocab.rows_of(np.array([absent], dtype=object))[0])
+    assert torch.count_nonzero(rows[row]) == 0
+    assert (rows.abs().sum(dim=1) > 0).sum() == N_ITEMS - 1  # every item seen in training has its own
+    answer = Retriever(model).recommend([["it1", "it2"]], k=N_ITEMS, beam_size=N_ITEMS)[0]
+    assert absent in answer.item_ids  # still reachable and ranked
