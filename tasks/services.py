@@ -158,8 +158,9 @@ def start_prefect_server(home: ProjectHome, port: int = 4200, timeout_s: float =
 
     url = f"http://{HOST}:{port}"
     command = [_executable("prefect"), "server", "start", "--host", HOST, "--port", str(port)]
+    # the UI asks its API at 127.0.0.1:4200 unless told where this server listens
     handle = _launch("prefect server", command, home, port, f"{url}/api/health", url, timeout_s,
-                     ours=lambda: serves_home(f"{url}/api", home))
+                     extra_env={"PREFECT_UI_API_URL": f"{url}/api"}, ours=lambda: serves_home(f"{url}/api", home))
     handle.api_url = f"{url}/api"
     return handle
 
