@@ -215,7 +215,8 @@ def embed_stage(recorder: FlowRecorder, cat, cfg: RqsidConfig, current: Path | N
         emb = embed_items(cat, cfg.embed, cfg.orchestration, previous_index=current)
         gate = gate_embeddings(emb, cfg.embed)
         stage.compute_s, stage.lineage = emb.compute_s, {"embedding": emb.version}
-        stage.metrics = {"n_embedded": emb.n_embedded, "dim": emb.dim, "embeddings_gate_success": 1.0}
+        stage.metrics = {"n_embedded": emb.n_embedded, "dim": emb.dim, "embeddings_gate_success": 1.0,
+                         "reused": float(emb.reused)}  # a stored version: its file was logged by the run that made it
         recorder.log_json(gate, "gx/embeddings.json")
         _logger().info("embeddings %s: %d of %d items embedded now (the rest carried over); embeddings gate passed",
                        emb.version, emb.n_embedded, emb.n_items)

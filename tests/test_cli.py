@@ -5,6 +5,7 @@ and the one way every command resolves its config."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -125,7 +126,10 @@ def test_fit_rqvae_from_embeddings(tmp_path, pipeline_run):
     out, _ = pipeline_run
     result = rqsid("fit", "--embeddings", out / "embeddings.parquet", "--out", tmp_path, "--method", "rqvae",
                    "--set", "quantizer.epochs=2", "--set", "quantizer.codebook_size=8", "--set", "quantizer.warmup_epochs=1")
-    assert "fitting rqvae: 3 levels x 8 codes on 200 items" in result.stdout and "reconstruction error" in result.stdout
+    # 8 codes cannot tell 200 items apart in 3 levels: the code space grows until collisions pass the gate's bound
+    assert "fitting rqvae: 8 codes per level on 200 items" in result.stdout and "reconstruction error" in result.stdout
+    grown = re.search(r"code space: (\d) levels x 8 codes; 3 levels collided for (0\.\d+)", result.stdout)
+    assert grown and int(grown.group(1)) > 3 and float(grown.group(2)) > 0.2
     assert (tmp_path / "tokenizer").is_dir() and not (tmp_path / "embeddings.parquet").exists()
 
 
