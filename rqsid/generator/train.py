@@ -161,6 +161,7 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch=Non
     if text is not None and len(text) != vocab.n_items:
         raise RqsidError(f"item features have {len(text)} rows for {vocab.n_items} items")
     model = GenerativeRetriever(vocab, cfg, query_dim, text)
+    _freeze_unseen_ids(model, seqs, holdout=2)
     trained = TrainedGenerator(model, vocab, build_trie(vocab), cfg, query_dim)
     masks = depth_masks(trained.trie, vocab.tokens, vocab.vocab_size)
     loss_fn = _Loss(model, masks, cfg, seqs.query_vectors if cfg.use_query else None)
@@ -230,7 +231,6 @@ def _run_epoch(model, loss_fn, optimizer, cfg, seqs, users, buckets, rng, step, 
     """One pass over the users' training windows; returns (mean loss, targets seen, optimiser steps so far)."""
     model.train()
     losses, samples = [], 0
-    unseen = _unseen_items(seqs, model.n_items, holdout) if model.id_emb is not None else None
     bar = tqdm(_length_bucketed_batches(users, seqs.lengths, cfg.batch_size, rng), desc=label, disable=not progress, leave=False)
     for batch_users in bar:
         _set_lr(optimizer, cfg, step, lr_scale)
@@ -240,9 +240,6 @@ def _run_epoch(model, loss_fn, optimizer, cfg, seqs, users, buckets, rng, step, 
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
-        if unseen is not None and len(unseen):
-            with torch.no_grad():
-                model.id_emb.weight[unseen] = 0.0
         losses.append(loss.item())
         samples += n
         step += 1
@@ -250,14 +247,20 @@ def _run_epoch(model, loss_fn, optimizer, cfg, seqs, users, buckets, rng, step, 
     return float(np.mean(losses)), samples, step
 
 
-def _unseen_items(seqs, n_items: int, holdout: int) -> torch.Tensor:
-    """Rows of the items that never occur in the training windows (all but each user's last `holdout` items).
-    Their per-item embeddings are kept at zero: trained only as negatives of the item-level softmax they would
-    learn to push the item away (new items then never surface: cold start measured 0 of 1,059 hits); at zero
-    such an item scores by its SID tokens and text, exactly as a new item does when `retriever.bind` serves
-    a newer index."""
+def _freeze_unseen_ids(model: GenerativeRetriever, seqs, holdout: int) -> None:
+    """Per-item embeddings of the items that never occur in the training windows (all but each user's last
+    `holdout` items) are set to zero and get no gradient: trained only as negatives of the item-level softmax
+    they would learn to push the item away (new items then never surface: cold start measured 0 of 1,059
+    hits); at zero such an item scores by its SID tokens and text, exactly as a new item does when
+    `retriever.bind` serves a newer index. Once per model, before its first step."""
+    if model.id_emb is None:
+        return
     split = "test" if holdout == 1 else "train"
-    return torch.from_numpy(np.flatnonzero(item_counts_before(seqs, n_items, split) == 0))
+    unseen = torch.from_numpy(np.flatnonzero(item_counts_before(seqs, model.n_items, split) == 0))
+    if len(unseen):
+        with torch.no_grad():
+            model.id_emb.weight[unseen] = 0.0
+        model.id_emb.weight.register_hook(lambda grad: grad.index_fill(0, unseen, 0.0))
 
 
 def _refit(trained: TrainedGenerator, seqs, cfg, item_features_tensor, buckets, deadline, epoch_seconds, progress, log):
@@ -271,6 +274,7 @@ def _refit(trained: TrainedGenerator, seqs, cfg, item_features_tensor, buckets, 
         return 0.0, {"done": False, "reason": "time budget"}
     torch.manual_seed(cfg.seed)
     model = GenerativeRetriever(trained.vocab, cfg, trained.query_dim, item_features_tensor)
+    _freeze_unseen_ids(model, seqs, holdout=1)
     masks = depth_masks(trained.trie, trained.vocab.tokens, trained.vocab.vocab_size)
     loss_fn = _Loss(model, masks, cfg, seqs.query_vectors if cfg.use_query else None)
     optimizer = _make_optimizer(model, cfg)
