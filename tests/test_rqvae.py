@@ -200,3 +200,46 @@ def test_over_full_codes_are_split_onto_their_own_items(X):
     assert sum(map(sum, (h["split"] for h in train))) > 0 and train[-1]["split"] == [0, 0, 0]  # none after the last epoch
     plain = layer_report(make_tokenizer(small_config(**plain_config)).fit(X, progress=False), X)
     assert layer_report(tok, X)[1]["gini"] < plain[1]["gini"] - 0.05
+
+
+def test_a_learning_rate_that_blows_up_the_network_is_rolled_back_and_halved(X):
+    """At lr 0.5 the first warm-up epoch leaves the network far worse than predicting the mean; the guard
+    discards such epochs and halves the rate until training goes on, and the codes beat the mean."""
+    tok = make_tokenizer(small_config(lr=0.5, epochs=8)).fit(X, progress=False)
+    rolled = [h for h in tok.history if h.get("rolled_back")]
+    assert rolled and rolled[0]["phase"] == "warmup" and rolled[0]["recon"] > 1.5
+    rates = [h["lr"] for h in tok.history]
+    assert rates[0] == pytest.approx(0.5) and min(rates) <= 0.5 * 0.5 ** len(rolled) + 1e-12
+    assert tok.reconstruction_error(X) < 0.9 * mean_baseline_error(X)
+
+
+def test_a_healthy_fit_never_rolls_back(fitted):
+    assert not any(h.get("rolled_back") for h in fitted.history)
+
+
+def test_the_guard_restores_the_best_state_on_a_jump_or_a_dead_output():
+    from rqsid.quantize.rqvae import _Guard
+
+    model = torch.nn.Linear(4, 4)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    guard = _Guard(model, optimiser, mean_error=1.0)
+
+    def step(recon: float) -> bool:
+        with torch.no_grad():
+            model.weight.add_(1.0)  # what the epoch did to the weights
+        return guard.check(recon)
+
+    assert not step(0.95)  # better than the mean, not yet "live" (< 0.9)
+    assert not step(0.99)  # near the mean before the fit was ever live: not dead, just untrained
+    assert not step(0.5)
+    kept = model.weight.detach().clone()
+    assert step(0.8)  # 1.6x the best: rolled back to the 0.5 state, rate halved
+    assert torch.equal(model.weight, kept) and guard.lr_scale == 0.5
+    assert step(0.99)  # the output went constant after the fit was live
+    assert guard.lr_scale == 0.25 and torch.equal(model.weight, kept)
+    assert step(float("nan")) and guard.rollbacks == 3
+    assert not step(5.0)  # after three rollbacks the fit goes on as it is
+    guard = _Guard(model, optimiser, mean_error=1.0)
+    assert not step(0.95) and guard.best == 0.95
+    guard.new_phase()  # quantisation starts: judged against the state it starts from and the mean's error
+    assert guard.best == 1.0 and not step(1.2) and step(1.6)

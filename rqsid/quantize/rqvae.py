@@ -26,6 +26,13 @@ Training, in order:
    Training stops early when the epoch's reconstruction loss has not improved by `min_delta` for
    `patience` epochs, and the best epoch's weights are kept.
 
+A guard watches both phases (`_Guard`): an epoch whose reconstruction error jumps above 1.5x the
+phase's best, or comes within 2 % of what predicting the mean gives (the decoder's output went
+constant), rolls the model and optimiser back to the phase's best state and halves the learning rate
+for the rest of the fit (at most 3 times). At the default rate a few fits broke that way: the 1M-item
+scale fit's warm-up went 0.24 -> 0.63 -> 0.99 and the codes came from a dead network; the study's
+uniform control collapsed to the mean in one seed. Fits that never trip it are unchanged.
+
 Everything random comes from the seed: weights (torch.manual_seed inside a forked RNG, so the
 caller's global RNG is untouched), data order, k-means and restarts (one torch.Generator).
 """
@@ -142,6 +149,46 @@ class EpochStats:
     lr: float = 0.0  # the optimiser's learning rate during the epoch
 
 
+class _Guard:
+    """Rolls a fit back when an epoch breaks the network (see the module docstring): the phase's best
+    model and optimiser state are kept, and each rollback halves the learning rate for the rest of the fit."""
+
+    DIVERGED = 1.5  # an epoch's reconstruction error above this x the phase's best (or x the mean's, at first)
+    DEAD = 0.98  # ... or above this x the error of predicting the mean, once the fit did better than LIVE x it
+    LIVE = 0.9
+    MAX_ROLLBACKS = 3
+
+    def __init__(self, model: nn.Module, optimiser: torch.optim.Optimizer, mean_error: float):
+        self.model, self.optimiser, self.mean_error = model, optimiser, mean_error
+        self.lr_scale, self.rollbacks, self.seen_live = 1.0, 0, False
+        self.new_phase()
+
+    def new_phase(self) -> None:
+        """A phase starts (warm-up, quantisation): until an epoch does better, its reference is the state it
+        starts from, with the error of predicting the mean."""
+        self.best = self.mean_error
+        self._keep()
+
+    def check(self, recon: float) -> bool:
+        """After an epoch: True (and the model rolled back) when it broke the network."""
+        dead = self.seen_live and recon >= self.DEAD * self.mean_error
+        broken = not math.isfinite(recon) or recon > self.DIVERGED * self.best or dead
+        if broken and self.rollbacks < self.MAX_ROLLBACKS:
+            self.model.load_state_dict(self.state[0])
+            self.optimiser.load_state_dict(self.state[1])
+            self.lr_scale *= 0.5
+            self.rollbacks += 1
+            return True
+        self.seen_live = self.seen_live or recon < self.LIVE * self.mean_error
+        if recon < self.best:
+            self.best = recon
+            self._keep()
+        return False
+
+    def _keep(self) -> None:
+        self.state = (copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimiser.state_dict()))
+
+
 class RQVAE(Tokenizer):
     kind = "rqvae"
 
@@ -164,20 +211,24 @@ class RQVAE(Tokenizer):
             generator = torch.Generator().manual_seed(cfg.seed)
             optimiser = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
             bar = tqdm(total=cfg.warmup_epochs + cfg.epochs, desc="RQ-VAE", disable=not progress)
+            guard = _Guard(self.model, optimiser, mean_error=float(Xs.square().mean()))
             try:
-                self._warm_up(Xs, optimiser, generator, bar)
+                self._warm_up(Xs, optimiser, generator, bar, guard)
                 self._init_codebooks(Xs, generator)
-                self._train(Xs, optimiser, generator, bar)
+                guard.new_phase()
+                self._train(Xs, optimiser, generator, bar, guard)
             finally:
                 bar.close()
         self.model.eval()
         return self
 
-    def _warm_up(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, bar) -> None:
+    def _warm_up(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, bar, guard: "_Guard") -> None:
         for epoch in range(self.config.warmup_epochs):
             start = time.perf_counter()
+            for group in optimiser.param_groups:
+                group["lr"] = self.config.lr * guard.lr_scale
             stats = self._epoch(Xs, optimiser, generator, quantised=False)
-            self._record("warmup", epoch, stats, start, bar)
+            self._record("warmup", epoch, stats, start, bar, rolled_back=guard.check(stats.recon))
 
     @torch.no_grad()
     def _init_codebooks(self, Xs: torch.Tensor, generator: torch.Generator) -> None:
@@ -195,15 +246,20 @@ class RQVAE(Tokenizer):
             self.model.codebooks[level] = result.centroids
             residual = residual - result.centroids[result.labels]
 
-    def _train(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, bar) -> None:
+    def _train(self, Xs: torch.Tensor, optimiser, generator: torch.Generator, bar, guard: "_Guard") -> None:
         cfg = self.config
         best, waited, best_state = float("inf"), 0, None
         for epoch in range(cfg.epochs):
             start = time.perf_counter()
+            lr = cfg.lr
             if cfg.lr_schedule == "cosine":  # decays towards 0: a sharper optimum in few epochs
-                for group in optimiser.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+                lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+            for group in optimiser.param_groups:
+                group["lr"] = lr * guard.lr_scale
             stats = self._epoch(Xs, optimiser, generator, quantised=True)
+            if guard.check(stats.recon):
+                self._record("train", epoch, stats, start, bar, rolled_back=True)
+                continue
             if stats.recon < best - cfg.early_stop_min_delta:
                 best, waited, best_state = stats.recon, 0, copy.deepcopy(self.model.state_dict())
             else:
@@ -305,6 +361,7 @@ class RQVAE(Tokenizer):
         bar,
         restarted: list[int] | None = None,
         split: list[int] | None = None,
+        rolled_back: bool = False,
     ) -> None:
         entry: dict[str, Any] = {
             "phase": phase,
@@ -319,6 +376,8 @@ class RQVAE(Tokenizer):
             entry["utilisation"] = (stats.counts > 0).float().mean(1).tolist()
             entry["restarted"] = restarted or [0] * self.config.levels
             entry["split"] = split or [0] * self.config.levels
+        if rolled_back:
+            entry["rolled_back"] = True  # this epoch's weights were discarded (see _Guard)
         entry["seconds"] = round(time.perf_counter() - start, 4)
         self.history.append(entry)
         postfix = {"phase": phase, "loss": f"{stats.loss:.4f}", "recon": f"{stats.recon:.4f}"}
