@@ -147,3 +147,25 @@ def test_fit_sized_adds_levels_until_the_codes_collide_less_than_asked(X):
     assert tries[-1]["collision_rate"] <= 0.3 < tries[-2]["collision_rate"]
     assert tries[-1]["collision_rate"] == pytest.approx(collision_rate(tok.encode(X)))
     assert "tries" not in fit_sized(cfg, X, None, progress=False).code_space  # no bound: one fit, as configured
+
+
+@pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
+def test_an_added_level_keeps_the_fitted_codes_and_splits_shared_paths(X, method, tmp_path):
+    from test_rqvae import small_config
+
+    config = rk_config(codebook_size=16, levels=2) if method == "rkmeans" else small_config(levels=2, epochs=5)
+    tok = make_tokenizer(config).fit(X, progress=False)
+    before, error_before = tok.encode(X), tok.reconstruction_error(X)
+    tok.add_level(X)
+    after = tok.encode(X)
+    assert tok.levels == 3 and tok.codebook_sizes == [16, 16, 16] and after.shape == (len(X), 3)
+    assert np.array_equal(after[:, :2], before)  # the fitted levels are untouched
+    # 3,000 items on 16 x 16 paths all collide; a third level splits them about as well as a 3-level refit does
+    refit = make_tokenizer(config.model_copy(update={"levels": 3})).fit(X, progress=False)
+    assert collision_rate(before) > 0.98 and collision_rate(after) < min(0.8, 1.1 * collision_rate(refit.encode(X)))
+    assert len(np.unique(after[:, 2])) > 12  # the new level uses its codes
+    assert tok.reconstruction_error(X) < 0.95 * error_before
+    tok.save(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.levels == 3 and np.array_equal(again.encode(X), after)
+    assert tok.code_space["added_levels"][0]["level"] == 3

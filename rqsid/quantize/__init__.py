@@ -26,10 +26,10 @@ def make_tokenizer(config: QuantizerConfig | None = None) -> Tokenizer:
 
 def fit_sized(config: QuantizerConfig, X, max_collision_rate: float | None = None, progress: bool = True) -> Tokenizer:
     """Fit a tokenizer; while its codes give more than `max_collision_rate` of the items a code path they share
-    with another item, fit again with one more level (up to MAX_LEVELS). The catalog-size rule
-    (`levels_for_catalog`) is the first guess; this is what makes it safe: on realistic embeddings 4 x 256
-    codes collided for 0.22 of 100k items, 5 levels for 0.11 (benchmarks/results/scale_issue15.md). Each try
-    is kept in `code_space["tries"]`. None: one fit, as configured."""
+    with another item, add a level (`Tokenizer.add_level`: k-means on the fitted levels' residuals, no refit; up
+    to MAX_LEVELS). The catalog-size rule (`levels_for_catalog`) is the first guess; this is what makes it safe:
+    on realistic embeddings 4 x 256 codes collided for 0.22 of 100k items (benchmarks/results/scale_issue15.md).
+    Each try is kept in `code_space["tries"]`. None: one fit, as configured."""
     tok = make_tokenizer(config).fit(X, progress=progress)
     tries = []
     while max_collision_rate is not None:
@@ -37,8 +37,7 @@ def fit_sized(config: QuantizerConfig, X, max_collision_rate: float | None = Non
         tries.append({"levels": tok.levels, "collision_rate": rate})
         if rate <= max_collision_rate or tok.levels >= MAX_LEVELS:
             break
-        grown = config.model_copy(update={"levels": tok.levels + 1, "levels_up_to_items": None})
-        tok = make_tokenizer(grown).fit(X, progress=progress)
+        tok.add_level(X)
     if tries:
         tok.code_space["tries"] = tries
     return tok

@@ -18,7 +18,7 @@ import torch
 
 from rqsid import RqsidError, __version__
 from rqsid.config import QuantizerConfig
-from rqsid.quantize.kmeans import nearest_centroid
+from rqsid.quantize.kmeans import kmeans, nearest_centroid
 
 META_FILE = "meta.json"
 STATE_FILE = "state.pt"
@@ -182,9 +182,7 @@ class Tokenizer(ABC):
         levels = levels_for_catalog(n, cfg.levels, cfg.levels_up_to_items, cfg.items_growth_per_level)
         if levels != cfg.levels:
             self.config = cfg = cfg.model_copy(update={"levels": levels})
-        if cfg.fit_sample is not None and n > cfg.fit_sample:
-            rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.fit_sample]
-            X = X[torch.sort(rows).values]
+        X = self._fit_sample(X)
         self.code_space = {
             "n_items": n,
             "fit_items": X.shape[0],
@@ -196,6 +194,50 @@ class Tokenizer(ABC):
         self.input_dim = X.shape[1]
         self.standardiser = Standardiser.fit(X)
         return X
+
+    def _fit_sample(self, X: torch.Tensor) -> torch.Tensor:
+        """The rows a fit uses: all, or a seeded random sample of config.fit_sample of them (in catalog order)."""
+        cfg, n = self.config, X.shape[0]
+        if cfg.fit_sample is None or n <= cfg.fit_sample:
+            return X
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[: cfg.fit_sample]
+        return X[torch.sort(rows).values]
+
+    def add_level(self, X: Any) -> "Tokenizer":
+        """One more code level on top of the fitted ones, which stay as they are: k-means (balanced as the levels
+        were seeded) on what the fitted levels leave of the fitting sample. Codes of the existing levels do not
+        change; the new level splits the items that share a path. fit_sized uses it instead of a refit."""
+        self._check_fitted()
+        cfg = self.config
+        if cfg.levels >= MAX_LEVELS:
+            raise RqsidError(f"a tokenizer has at most {MAX_LEVELS} levels")
+        X = self._fit_sample(as_matrix(X, self.input_dim))
+        with fit_context(cfg.seed, cfg.threads):
+            codebooks = self._codebooks()
+            residual = residual_assign(self._quantised_space(X), codebooks)[1]
+            result = kmeans(residual, cfg.codebook_size, iters=self._level_iters(),
+                            generator=torch.Generator().manual_seed(cfg.seed + cfg.levels), balance=cfg.kmeans_balance,
+                            balanced_iters=round(cfg.kmeans_balanced_share * self._level_iters()))
+            self._set_codebooks(torch.cat([codebooks, result.centroids[None]]))
+        self.config = cfg.model_copy(update={"levels": cfg.levels + 1})
+        self.code_space["levels"] = cfg.levels + 1
+        self.code_space.setdefault("added_levels", []).append({"level": cfg.levels + 1, "inertia": result.inertia})
+        return self
+
+    @abstractmethod
+    def _quantised_space(self, X: torch.Tensor) -> torch.Tensor:
+        """Rows (unstandardised inputs) in the space the codebooks quantise."""
+
+    @abstractmethod
+    def _codebooks(self) -> torch.Tensor:
+        """(levels, codebook_size, d) codebooks."""
+
+    @abstractmethod
+    def _set_codebooks(self, codebooks: torch.Tensor) -> None: ...
+
+    @abstractmethod
+    def _level_iters(self) -> int:
+        """k-means iterations for a level (as the fit seeds its levels)."""
 
     @abstractmethod
     def encode(self, X: Any) -> np.ndarray: ...

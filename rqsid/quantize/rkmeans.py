@@ -70,6 +70,18 @@ class ResidualKMeans(Tokenizer):
             )
         return torch.stack(codebooks)
 
+    def _quantised_space(self, X: torch.Tensor) -> torch.Tensor:
+        return self.standardiser.forward(X)
+
+    def _codebooks(self) -> torch.Tensor:
+        return self.codebooks
+
+    def _set_codebooks(self, codebooks: torch.Tensor) -> None:
+        self.codebooks = codebooks.contiguous()
+
+    def _level_iters(self) -> int:
+        return self.config.kmeans_iters
+
     def encode(self, X: Any) -> np.ndarray:
         self._check_fitted()
         X = as_matrix(X, self.input_dim)

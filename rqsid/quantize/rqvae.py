@@ -386,6 +386,20 @@ class RQVAE(Tokenizer):
         bar.set_postfix(postfix, refresh=False)
         bar.update(1)
 
+    # ---- levels added after the fit (Tokenizer.add_level) ----------------------------------
+    @torch.no_grad()
+    def _quantised_space(self, X: torch.Tensor) -> torch.Tensor:
+        return self._latents(self.standardiser.forward(X))
+
+    def _codebooks(self) -> torch.Tensor:
+        return self.model.codebooks.detach()
+
+    def _set_codebooks(self, codebooks: torch.Tensor) -> None:
+        self.model.codebooks = nn.Parameter(codebooks.contiguous())
+
+    def _level_iters(self) -> int:
+        return self.config.codebook_init_iters
+
     # ---- inference -----------------------------------------------------------------------
     @torch.no_grad()
     def _latents(self, Xs: torch.Tensor) -> torch.Tensor:
