@@ -152,7 +152,9 @@ class GeneratorConfig(_Section):
 
 class DriftConfig(_Section):
     max_new_share: float = Field(0.1, ge=0, le=1)
-    max_recon_ratio: float = Field(1.5, gt=0, description="new items' reconstruction error / the index's")
+    # Calibrated on real catalogs (benchmarks/results/drift_calibration.md): held-out items of the same catalog
+    # arrive at 1.11-1.48x the index's error, another catalog's items at 2.43-3.42x.
+    max_recon_ratio: float = Field(1.9, gt=0, description="new items' reconstruction error / the index's")
     max_new_layer2_gini: float = Field(0.6, gt=0, le=1)
     # Behaviour drift: users change, not only the catalog. The champion's Recall@10 on the interactions
     # after its training cut-off, against the figure it scored at registration.
