@@ -226,13 +226,15 @@ def cmd_ui(args: argparse.Namespace) -> int:
 @contextmanager
 def _interrupted_by_signals():
     """SIGTERM (systemd, supervisord, docker stop) and SIGHUP end the block as Ctrl-C does, so that the
-    `finally` that stops child servers runs."""
+    `finally` that stops child servers runs. SIGINT is set too: a command started in the background of a
+    non-interactive shell (`rqsid ui &` in a script) inherits SIGINT ignored, and Python then installs no
+    Ctrl-C handler, so `kill -INT` would leave it and its servers running."""
     import signal
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    before = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    before = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
