@@ -5,8 +5,9 @@
     python docs/screenshots.py shoot --home /tmp/audit-home    # docs/img/*.png from that home
 
 The shop has 3,600 items: night 1 sees 3,000 (its layer 2 fails the gate and is pruned), night 2 150 more, night
-3 450 more (drift: new share 0.125 > 0.1). As measured (README, "Auditing a night"), nights 2 and 3 also find
-the new items' reconstruction ratio near 2 > 1.5, so both refit the tokenizer and prune again.
+3 450 more (drift: new share 0.125 > 0.1). As measured (README, "Auditing a night"), nights 2 and 3 also found
+the new items' reconstruction ratio near 2, over the bound of 1.5 then (1.9 now), so both refit the tokenizer
+and prune again.
 The nights run the demo profile with the RQ-VAE's balancing off and a gate bound of 0.5 (UNBALANCED, much as
 tests/test_audit.py does): the balanced default keeps this shop's layer 2 near Gini 0.27, well inside the gate,
 and there would be no hourglass to prune and audit.

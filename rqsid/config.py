@@ -46,8 +46,8 @@ class QuantizerConfig(_Section):
     # (Beauty, Scientific, Sports: TIGER's setting), 4 up to 262,144, 5 up to 2.1M, 6 up to 16.8M. That
     # is the first guess: the pipeline adds a level while the codes collide for more items than the gate
     # allows (rqsid.quantize.fit_sized). Measured at 256 codes on realistic embeddings
-    # (benchmarks/results/scale_issue15*.md): 100k items collide for 0.22 at 4 levels, 0.11 at 5; 1M items
-    # for 0.29 at 4 levels, 0.007 at 5.
+    # (benchmarks/results/scale_issue15_final.md): 100k items collide for 0.22 at 4 levels, 0.11 with a fifth
+    # added; 1M items for 0.27 at 5 levels, 0.17 with a sixth added.
     levels_up_to_items: int | None = Field(32_768, ge=1, description="largest catalog that keeps `levels` levels; None = always `levels`")
     items_growth_per_level: float = Field(8.0, gt=1, description="catalog growth (factor) beyond levels_up_to_items that adds one level")
     fit_sample: int | None = Field(65_536, ge=2, description="largest number of items a tokenizer is fitted on (a seeded random sample; codes are still made for every item); None = all")

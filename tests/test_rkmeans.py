@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_rqvae import skewed_embeddings
+from test_rqvae import skewed_embeddings, small_config
 
 from rqsid import RqsidError
 from rqsid.config import QuantizerConfig
@@ -151,8 +151,6 @@ def test_fit_sized_adds_levels_until_the_codes_collide_less_than_asked(X):
 
 @pytest.mark.parametrize("method", ["rkmeans", "rqvae"])
 def test_an_added_level_keeps_the_fitted_codes_and_splits_shared_paths(X, method, tmp_path):
-    from test_rqvae import small_config
-
     config = rk_config(codebook_size=16, levels=2) if method == "rkmeans" else small_config(levels=2, epochs=5)
     tok = make_tokenizer(config).fit(X, progress=False)
     before, error_before = tok.encode(X), tok.reconstruction_error(X)

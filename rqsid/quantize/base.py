@@ -18,7 +18,7 @@ import torch
 
 from rqsid import RqsidError, __version__
 from rqsid.config import QuantizerConfig
-from rqsid.quantize.kmeans import kmeans, nearest_centroid
+from rqsid.quantize.kmeans import KMeansResult, kmeans, nearest_centroid
 
 META_FILE = "meta.json"
 STATE_FILE = "state.pt"
@@ -139,6 +139,13 @@ def check_codes(codes: Any, levels: int, size: int) -> torch.Tensor:
 MAX_LEVELS = 8  # QuantizerConfig.levels' bound
 
 
+def fit_level(residual: torch.Tensor, config: QuantizerConfig, iters: int, generator: torch.Generator) -> KMeansResult:
+    """One level's codebook: k-means of what the levels above leave, its first `kmeans_balanced_share` of
+    iterations assigning by the balanced plan (rqsid.quantize.kmeans)."""
+    return kmeans(residual, config.codebook_size, iters=iters, generator=generator, balance=config.kmeans_balance,
+                  balanced_iters=round(config.kmeans_balanced_share * iters))
+
+
 def levels_for_catalog(n_items: int, min_levels: int, up_to_items: int | None, growth: float,
                        max_levels: int = MAX_LEVELS) -> int:
     """min_levels for catalogs of up to `up_to_items` items, one more per `growth`-fold growth beyond
@@ -215,9 +222,7 @@ class Tokenizer(ABC):
         with fit_context(cfg.seed, cfg.threads):
             codebooks = self._codebooks()
             residual = residual_assign(self._quantised_space(X), codebooks)[1]
-            result = kmeans(residual, cfg.codebook_size, iters=self._level_iters(),
-                            generator=torch.Generator().manual_seed(cfg.seed + cfg.levels), balance=cfg.kmeans_balance,
-                            balanced_iters=round(cfg.kmeans_balanced_share * self._level_iters()))
+            result = fit_level(residual, cfg, self._level_iters(), torch.Generator().manual_seed(cfg.seed + cfg.levels))
             self._set_codebooks(torch.cat([codebooks, result.centroids[None]]))
         self.config = cfg.model_copy(update={"levels": cfg.levels + 1})
         self.code_space["levels"] = cfg.levels + 1

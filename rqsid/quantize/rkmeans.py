@@ -21,11 +21,11 @@ from rqsid.quantize.base import (
     check_codes,
     encode_in_chunks,
     fit_context,
+    fit_level,
     residual_assign,
     sum_codewords,
     torch_threads,
 )
-from rqsid.quantize.kmeans import kmeans
 
 
 class ResidualKMeans(Tokenizer):
@@ -49,14 +49,7 @@ class ResidualKMeans(Tokenizer):
         codebooks, self.history = [], []
         for level in tqdm(range(cfg.levels), desc="residual k-means", disable=not progress):
             start = time.perf_counter()
-            result = kmeans(
-                residual,
-                cfg.codebook_size,
-                iters=cfg.kmeans_iters,
-                generator=generator,
-                balance=cfg.kmeans_balance,
-                balanced_iters=round(cfg.kmeans_balanced_share * cfg.kmeans_iters),
-            )
+            result = fit_level(residual, cfg, cfg.kmeans_iters, generator)
             residual = residual - result.centroids[result.labels]
             codebooks.append(result.centroids)
             self.history.append(

@@ -58,11 +58,11 @@ from rqsid.quantize.base import (
     check_codes,
     encode_in_chunks,
     fit_context,
+    fit_level,
     residual_assign,
     sum_codewords,
     torch_threads,
 )
-from rqsid.quantize.kmeans import kmeans
 
 _INFERENCE_BATCH = 8192
 
@@ -235,14 +235,7 @@ class RQVAE(Tokenizer):
         cfg = self.config
         residual = self._latents(Xs)
         for level in range(cfg.levels):
-            result = kmeans(
-                residual,
-                cfg.codebook_size,
-                iters=cfg.codebook_init_iters,
-                generator=generator,
-                balance=cfg.kmeans_balance,
-                balanced_iters=round(cfg.kmeans_balanced_share * cfg.codebook_init_iters),
-            )
+            result = fit_level(residual, cfg, cfg.codebook_init_iters, generator)
             self.model.codebooks[level] = result.centroids
             residual = residual - result.centroids[result.labels]
 
