@@ -22,7 +22,7 @@ from torch import nn
 
 from rqsid.generator.data import Sequences, eval_batch, train_batch
 from rqsid.generator.evaluate import split_metrics
-from rqsid.generator.train import _length_bucketed_batches, _validation_users
+from rqsid.generator.train import _length_bucketed_batches, _validation_users, refit_fits, selection_out_of_time
 from rqsid.quantize.base import fit_context
 
 
@@ -131,7 +131,7 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
         samples += n
         train_s += time.perf_counter() - t0
         record["elapsed_s"] = round(time.perf_counter() - started, 1)
-        out_of_time = time.perf_counter() > deadline
+        out_of_time = selection_out_of_time(deadline, epoch, train_s, cfg.refit_on_valid)
         if epoch % cfg.eval_every == 0 or out_of_time:
             metrics = evaluate(model, seqs, "valid", users=valid_users)["all"]
             record["valid"] = metrics
@@ -155,7 +155,7 @@ def _train(seqs: Sequences, n_items: int, cfg: SASRecConfig, log) -> TrainedSASR
     refit = None
     if cfg.refit_on_valid and trained.best:
         epochs = trained.best["epoch"]
-        if time.perf_counter() + epochs * train_s / len(trained.history) * 1.1 <= deadline:
+        if refit_fits(deadline, epochs, train_s / len(trained.history)):
             t0 = time.perf_counter()
             trained.selected_model, trained.model = trained.model, _refit(n_items, cfg, seqs, trained.history[:epochs])
             train_s += time.perf_counter() - t0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ import cli.generator as cli
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig
 from rqsid.generator.data import SidVocab, sequences_from_interactions
-from rqsid.generator.train import evaluate_split, load_generator, train_generator
+from rqsid.generator.train import evaluate_split, load_generator, refit_fits, selection_out_of_time, train_generator
 from rqsid.quantize.base import torch_threads
 from rqsid.schema import INTERACTIONS_SCHEMA
 from rqsid.sids import assign_sids, write_sids
@@ -174,3 +175,14 @@ def test_refit_learns_from_the_validation_targets():
     first = {name: np.mean(evaluate_split(t, seqs, "test")[1][:, 0] == vocab.rows_of(["it79"])[0])
              for name, t in (("plain", plain), ("refit", refit))}
     assert first["plain"] < 0.3 < 0.9 < first["refit"], first  # NEWCOMER ranked first for the test
+
+
+def test_selection_keeps_time_for_the_refit():
+    """10 s epochs, 3 done: without a refit the run goes on until the deadline; with one it stops once a
+    fourth epoch would leave less than the refit of all four needs (4 x 10 s x 1.2 = 48 s)."""
+    now = time.perf_counter()
+    assert not selection_out_of_time(now + 100, 3, 30.0, refit=False)
+    assert selection_out_of_time(now - 1, 3, 30.0, refit=False)
+    assert not selection_out_of_time(now + 100, 3, 30.0, refit=True)  # 10 + 48 s of 100 s
+    assert selection_out_of_time(now + 55, 3, 30.0, refit=True)  # 10 + 48 s > 55 s
+    assert refit_fits(now + 55, 4, 10.0) and not refit_fits(now + 45, 4, 10.0)

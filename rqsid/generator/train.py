@@ -186,7 +186,7 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch=Non
         samples += n
         train_seconds += time.perf_counter() - t0
         record["elapsed_s"] = round(time.perf_counter() - started, 1)
-        out_of_time = time.perf_counter() > deadline
+        out_of_time = selection_out_of_time(deadline, epoch, train_seconds, cfg.refit_on_valid)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs or out_of_time:
             t1 = time.perf_counter()
             metrics, _ = evaluate_split(trained, seqs, "valid", users=valid_users)
@@ -212,7 +212,7 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch=Non
             log(f"early stop: no validation gain in {cfg.patience} evaluations")
             break
         if out_of_time:
-            log(f"time budget of {cfg.max_train_minutes} min reached")
+            log(f"time budget of {cfg.max_train_minutes} min reached" + (" (the rest is kept for the refit)" if cfg.refit_on_valid else ""))
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -225,6 +225,23 @@ def _train(seqs, vocab, cfg, out_dir, progress, log, item_features, on_epoch=Non
     if out_dir is not None:
         save_generator(out_dir, trained)
     return trained
+
+
+REFIT_EPOCH_COST = 1.2  # a refit epoch against a selection epoch: one more target per user, a margin for noise
+
+
+def selection_out_of_time(deadline: float, epochs: int, train_seconds: float, refit: bool) -> bool:
+    """Whether the selection run must stop after its epoch `epochs`. Without a refit: at the deadline. With
+    one: when one more epoch would leave too little time to refit all of them, so the refit fits whichever
+    epoch turns out best."""
+    if not refit:
+        return time.perf_counter() > deadline
+    epoch_seconds = train_seconds / epochs
+    return not refit_fits(deadline - epoch_seconds, epochs + 1, epoch_seconds)
+
+
+def refit_fits(deadline: float, epochs: int, epoch_seconds: float) -> bool:
+    return time.perf_counter() + epochs * epoch_seconds * REFIT_EPOCH_COST <= deadline
 
 
 def _run_epoch(model, loss_fn, optimizer, cfg, seqs, users, buckets, rng, step, lr_scale, holdout, progress, label):
@@ -269,7 +286,7 @@ def _refit(trained: TrainedGenerator, seqs, cfg, item_features_tensor, buckets, 
     recent interaction as well. Validation figures stay those of the selection run (the refit model has
     seen the validation targets). Skipped, with a log line, when it would overrun the time budget."""
     epochs = trained.best["epoch"]
-    if time.perf_counter() + epochs * epoch_seconds * 1.1 > deadline:
+    if not refit_fits(deadline, epochs, epoch_seconds):
         log(f"refit on train + validation skipped: {epochs} epochs would overrun the time budget")
         return 0.0, {"done": False, "reason": "time budget"}
     torch.manual_seed(cfg.seed)
