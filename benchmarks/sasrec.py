@@ -42,7 +42,7 @@ class SASRecConfig:
     patience: int = 10
     lr_decay: float = 0.5  # the generator's schedule: the rate halves after lr_decay_patience evaluations without gain
     lr_decay_patience: int = 3
-    refit_on_valid: bool = False  # as generator.refit_on_valid
+    refit_on_valid: bool = True  # as generator.refit_on_valid (its default: the peer gets the same refit)
     valid_users: int = 5000
     max_train_minutes: float = 90.0
     seed: int = 0

@@ -71,12 +71,16 @@ def contest(generator: GeneratorVersion, index_dir: Path, interactions_file: Pat
             tracker: Tracker) -> Contest:
     """Evaluate the challenger and the champion (each decoded with its own index: the champion with today's
     index when that kept every SID it knows, else its own) on the same validation users of today's data;
-    decide by the paired rule (rqsid.generator.contest)."""
+    decide by the paired rule (rqsid.generator.contest). A model refitted on train + validation is judged by
+    the model it was refitted from (`Bundle.selection`): the refit has trained on the validation targets,
+    the selection model has not, and neither has the champion's (today's validation targets are at or after
+    the validation targets of the champion's day), so the contest never rewards memorised targets. The
+    winner's refitted model is the one that serves."""
     watch = Stopwatch()
     with watch.compute():
         challenger = generator_bundle(generator, index_dir, interactions_file)
         cases = validation_cases(read_interactions(interactions_file), config.serving.contest_users, config.generator.seed)
-        per_case = evaluate(challenger, cases)
+        per_case = evaluate(challenger.selection(), cases)
     champion = champion_of(tracker, name)
     defender, note, result, defender_figures = None, "no champion yet", None, None
     if champion is not None and _same_model(champion.bundle, challenger):
@@ -84,7 +88,7 @@ def contest(generator: GeneratorVersion, index_dir: Path, interactions_file: Pat
     elif champion is not None:
         with watch.compute():
             defender, note = serving_index(champion.bundle, index_dir)
-            defender_case = evaluate(defender, cases)
+            defender_case = evaluate(defender.selection(), cases)
             result = paired_contest(cases, defender_case, per_case, config.serving.contest_metric, config.serving.promote_z)
             defender_figures = result.champion
     return Contest(challenger, summary(per_case), champion, defender, defender_figures, note, result,

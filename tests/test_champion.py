@@ -20,7 +20,7 @@ from test_flows import CONFIG, _runs, _write
 from cli_runner import rqsid
 from rqsid.catalog import read_interactions
 from rqsid.config import GeneratorConfig
-from rqsid.generator.cases import validation_cases
+from rqsid.generator.cases import summary, validation_cases
 from rqsid.generator.data import SidVocab
 from rqsid.index import read_index_sids
 from rqsid.schema import INTERACTIONS_SCHEMA
@@ -106,7 +106,7 @@ def champ(prefect_api, items, tmp_path_factory):
 
 
 def test_the_first_champion_is_bound_to_its_index_and_its_contest_cases_are_todays(champ):
-    from tasks.serving import load_registered
+    from tasks.serving import evaluate, load_registered
 
     model = champ["model"]
     assert model["promoted"] and model["champion"] == model["model_version"]
@@ -127,6 +127,11 @@ def test_the_first_champion_is_bound_to_its_index_and_its_contest_cases_are_toda
     version = client.get_model_version("champ-generator", str(model["model_version"]))
     assert version.tags["rqsid.index_version"] == index
     assert float(version.tags["rqsid.registration.recall_at_10"]) == pytest.approx(contest["contest.challenger.recall_at_10"])
+    # the served model was refitted on train + validation (the default); the contest judged the model chosen before
+    # the refit, which the registered bundle carries beside it
+    assert bundle.trained.stats["refit"]["done"] and bundle.trained.selected_model is not None
+    judged = summary(evaluate(bundle.selection(), today))
+    assert judged["recall@10"] == pytest.approx(contest["contest.challenger.recall_at_10"])
 
 
 def test_rqsid_recommend_prints_the_champions_items_with_titles(champ, items, tmp_path):

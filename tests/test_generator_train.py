@@ -16,7 +16,7 @@ import cli.generator as cli
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig
 from rqsid.generator.data import SidVocab, sequences_from_interactions
-from rqsid.generator.train import evaluate_split, load_generator, refit_fits, selection_out_of_time, train_generator
+from rqsid.generator.train import evaluate_split, load_generator, refit_fits, save_generator, selection_out_of_time, train_generator
 from rqsid.quantize.base import torch_threads
 from rqsid.schema import INTERACTIONS_SCHEMA
 from rqsid.sids import assign_sids, write_sids
@@ -147,7 +147,7 @@ def test_cli_train_then_evaluate(data, tmp_path, capsys):
 NEWCOMER = N_ITEMS - 1  # it79: an item that only ever occurs as the validation and test target
 
 
-def test_refit_learns_from_the_validation_targets():
+def test_refit_learns_from_the_validation_targets(tmp_path):
     """Training sequences follow next_item and never reach NEWCOMER; every user's last two items (the
     validation and the test target) are NEWCOMER. Only a model that also trains on the validation
     targets (the refit) can have learnt that users go there."""
@@ -175,6 +175,12 @@ def test_refit_learns_from_the_validation_targets():
     first = {name: np.mean(evaluate_split(t, seqs, "test")[1][:, 0] == vocab.rows_of(["it79"])[0])
              for name, t in (("plain", plain), ("refit", refit))}
     assert first["plain"] < 0.3 < 0.9 < first["refit"], first  # NEWCOMER ranked first for the test
+    # saved and loaded, the refit keeps the model it was chosen by beside it
+    save_generator(tmp_path / "refit", refit)
+    loaded = load_generator(tmp_path / "refit", vocab)
+    for served, kept in ((loaded.model, refit.model), (loaded.selection().model, refit.selected_model)):
+        assert all(torch.equal(a, b) for a, b in zip(served.state_dict().values(), kept.state_dict().values(), strict=True))
+    assert loaded.selection().selected_model is None and plain.selection() is plain
 
 
 def test_selection_keeps_time_for_the_refit():

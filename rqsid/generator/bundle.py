@@ -63,6 +63,11 @@ class Bundle:
     def retriever(self, threads: int | None = None) -> Retriever:
         return Retriever(self.trained, self._query_embedder() if self.trained.cfg.use_query else None, threads)
 
+    def selection(self) -> Bundle:
+        """This bundle with the model chosen on validation (before a refit): what a contest on validation
+        cases may judge."""
+        return replace(self, trained=self.trained.selection())
+
     def title_of(self, item_ids: list[str]) -> list[str]:
         rows = self.trained.vocab.rows_of(np.asarray(item_ids, dtype=object))
         return [str(self.titles[r]) if r >= 0 else "" for r in rows]

@@ -178,10 +178,15 @@ def bind(trained: TrainedGenerator, vocab: SidVocab, item_features: np.ndarray |
         if item_features is None or len(item_features) != vocab.n_items:
             raise RqsidError("this model composes item vectors from text: pass the new table's item embeddings")
         text = torch.from_numpy(np.ascontiguousarray(item_features, dtype=np.float32))
-    model = GenerativeRetriever(vocab, cfg, trained.query_dim, text)
-    _copy_weights(trained.model, model, token_map, rows)
-    model.eval()
-    return TrainedGenerator(model, vocab, build_trie(vocab), cfg, trained.query_dim, trained.history, trained.best, trained.stats)
+
+    def bound(old_model: GenerativeRetriever) -> GenerativeRetriever:
+        model = GenerativeRetriever(vocab, cfg, trained.query_dim, text)
+        _copy_weights(old_model, model, token_map, rows)
+        return model.eval()
+
+    selected = bound(trained.selected_model) if trained.selected_model is not None else None
+    return TrainedGenerator(bound(trained.model), vocab, build_trie(vocab), cfg, trained.query_dim, trained.history, trained.best,
+                            trained.stats, selected)
 
 
 def _padded(tokens: np.ndarray, width: int) -> np.ndarray:

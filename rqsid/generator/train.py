@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,7 @@ from rqsid.quantize.base import fit_context
 from rqsid.trie import SidTrie
 
 FORMAT_VERSION = 1
+SELECTED_FILE = "selected.pt"  # after a refit, beside model.pt: the model chosen on validation
 
 
 @dataclass
@@ -42,6 +43,13 @@ class TrainedGenerator:
     best: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     selected_model: GenerativeRetriever | None = None  # after a refit: the early-stopped model it replaced
+
+    def selection(self) -> TrainedGenerator:
+        """The early-stopped model that was chosen on validation: after a refit, the model before it (the refit
+        has trained on the validation targets, so only this one can be judged on validation cases)."""
+        if self.selected_model is None:
+            return self
+        return replace(self, model=self.selected_model, selected_model=None)
 
     def buckets(self, seqs: Sequences) -> np.ndarray | None:
         return user_bucket(seqs.user_ids, self.cfg.user_buckets) if self.cfg.user_buckets > 1 else None
@@ -353,6 +361,8 @@ def save_generator(out_dir: str | Path, trained: TrainedGenerator) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(trained.model.state_dict(), out / "model.pt")
+    if trained.selected_model is not None:
+        torch.save(trained.selected_model.state_dict(), out / SELECTED_FILE)
     meta = {
         "format_version": FORMAT_VERSION,
         "config": trained.cfg.model_dump(),
@@ -378,8 +388,13 @@ def load_generator(model_dir: str | Path, vocab: SidVocab) -> TrainedGenerator:
     if meta["vocab"]["fingerprint"] != vocab.fingerprint():
         raise RqsidError(f"{path}: the model was trained on other SIDs ({meta['vocab']['n_items']} items) than the given table ({vocab.n_items} items)")
     cfg = GeneratorConfig.model_validate(meta["config"])
-    state = torch.load(path / "model.pt", weights_only=True)
-    model = GenerativeRetriever(vocab, cfg, meta["query_dim"], state.get("item_text"))
-    model.load_state_dict(state)
-    model.eval()
-    return TrainedGenerator(model, vocab, build_trie(vocab), cfg, meta["query_dim"], meta["history"], meta["best"], meta["stats"])
+
+    def model_in(file: Path) -> GenerativeRetriever:
+        state = torch.load(file, weights_only=True)
+        model = GenerativeRetriever(vocab, cfg, meta["query_dim"], state.get("item_text"))
+        model.load_state_dict(state)
+        return model.eval()
+
+    selected = model_in(path / SELECTED_FILE) if (path / SELECTED_FILE).exists() else None
+    return TrainedGenerator(model_in(path / "model.pt"), vocab, build_trie(vocab), cfg, meta["query_dim"], meta["history"],
+                            meta["best"], meta["stats"], selected)
