@@ -141,7 +141,7 @@ class GeneratorConfig(_Section):
     # SASRec, benchmarks/results/scientific_generator_refit.md). The contest judges the selection model.
     refit_on_valid: bool = Field(True, description="after early stopping, retrain for the chosen epochs with the validation targets as training targets too (the served model; contests judge the model chosen before it)")
     item_id_dropout: float = Field(0.1, ge=0, lt=1, description="share of training occurrences whose per-item embedding is dropped (new-item robustness)")
-    max_train_minutes: float = Field(80.0, gt=0)
+    max_train_minutes: float = Field(90.0, gt=0, description="wall-clock budget of a training run, the refit included (issue 13: at most 90 minutes per seed)")
     threads: int | None = Field(None, ge=1, description="torch threads while training; None = torch's default (1 is faster on a busy machine)")
     seed: int = 0
 

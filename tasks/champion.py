@@ -125,12 +125,14 @@ class BehaviourMeasure:
 
 @task(name="behaviour-drift", cache_policy=NO_CACHE)
 def measure_behaviour(champion: Registered, interactions_file: Path, config: DriftConfig, seed: int = 0) -> BehaviourMeasure:
-    """The champion's Recall@10 on today's interactions after its per-user training cut-off."""
+    """The champion's Recall@10 on today's interactions after its per-user training cut-off. Measured with the
+    model its registration figure belongs to (the selection model, when the served one is a refit), so that
+    the ratio compares one model on two sets of cases."""
     watch = Stopwatch()
     with watch.compute():
         through = champion.bundle.trained_through
         if through is None:
             raise RqsidError(f"champion version {champion.version} records no training cut-off")
         cases = cases_after(read_interactions(interactions_file), through, config.behaviour_cases, seed)
-        report = behaviour_report(summary(evaluate(champion.bundle, cases)), champion.recall_at_10, config)
+        report = behaviour_report(summary(evaluate(champion.bundle.selection(), cases)), champion.recall_at_10, config)
     return BehaviourMeasure(report, champion.version, champion.bundle.index_version, watch.compute_s)
