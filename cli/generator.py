@@ -90,6 +90,8 @@ def run_train(args) -> int:
     trained.stats["test"] = metrics
     save_generator(args.out, trained)
     print(f"best validation epoch {trained.best.get('epoch')}: {json.dumps(trained.best.get('valid'))}")
+    if trained.stats.get("refit", {}).get("done"):
+        print(f"refitted on train + validation targets for {trained.stats['refit']['epochs']} epochs: the test figures are the refit's")
     print(f"training {trained.stats['train_seconds']} s, {trained.stats['samples_per_s']} samples/s; saved to {args.out}")
     print(format_table({"generator" + (" (query)" if cfg.generator.use_query else ""): metrics}))
     return 0
@@ -116,6 +118,9 @@ def run_evaluate(args) -> int:
 
     vocab = SidVocab.from_sid_table(load_sids(args.sids, id_offset=args.id_offset))
     trained = load_generator(args.model, vocab)
+    if args.split == "valid" and trained.selected_model is not None:  # the refit trained on the validation targets
+        trained = trained.selection()
+        print("valid split: the model chosen on validation before the refit (the refit has trained on these targets)")
     _, seqs, head = _load_inputs(args, trained.cfg.use_query, trained.cfg.seed, config_from(args).embed)
     metrics, _ = evaluate_split(trained, seqs, args.split, head, beam_size=args.beam_size, progress=not args.no_progress)
     name = "generator" + (" (query)" if trained.cfg.use_query else "")

@@ -131,17 +131,23 @@ def test_cli_train_then_evaluate(data, tmp_path, capsys):
     overrides = [f"generator.{k}={json.dumps(v)}" for k, v in CFG.model_dump().items()]
     args = parser.parse_args(["train", "--interactions", str(interactions), "--sids", str(sids), "--out", str(out),
                               "--unpruned-sids", str(unpruned), "--no-progress", *sum((["--set", o] for o in overrides), []),
-                              "--set", "generator.epochs=3"])
+                              "--set", "generator.epochs=3", "--set", "generator.refit_on_valid=true"])
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "| generator | all | 400 |" in printed and "| generator | head |" in printed
+    assert "refitted on train + validation targets" in printed
     args = parser.parse_args(["evaluate", "--model", str(out), "--interactions", str(interactions), "--sids", str(sids),
                               "--split", "valid", "--no-progress", "--json", str(tmp_path / "m.json")])
     assert args.func(args) == 0
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["split"] == "valid" and result["generator"]["all"]["n"] == 400
     assert "head" not in result["generator"]  # pruned SIDs and no --unpruned-sids: no split, said so
-    assert "pass --unpruned-sids" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pass --unpruned-sids" in printed and "the model chosen on validation before the refit" in printed
+    # the validation figures are the selection model's: the refit has trained on those targets
+    vocab, seqs = SidVocab.from_sid_table(table), sequences_from_interactions(inter, SidVocab.from_sid_table(table))
+    selected, _ = evaluate_split(load_generator(out, vocab).selection(), seqs, "valid")
+    assert result["generator"]["all"]["recall@10"] == pytest.approx(selected["all"]["recall@10"])
 
 
 NEWCOMER = N_ITEMS - 1  # it79: an item that only ever occurs as the validation and test target
