@@ -122,6 +122,7 @@ def reindex(embeddings: Path, out_dir: Path, fit_sample: int | None, method: str
     gate_name = "gate" + (" (GX)" if real_gates else " (numpy equivalent)")
     with stages(gate_name) as row:
         row["passed"] = gate_before = run_gates(ids, X, report, real_gates)
+    health = fit_health(tok, X)  # outside the timed stages: a check of the benchmark, not a pipeline step
     del X
     prune = PruneConfig()
     pruned, gate_after = None, None
@@ -150,7 +151,21 @@ def reindex(embeddings: Path, out_dir: Path, fit_sample: int | None, method: str
             "k": pruned.k if pruned else 0, "dropped": bool(pruned and pruned.dropped), "gate_after": gate_after,
             "published": published, "published_layer2_gini": final["layers"][1]["gini"],
             "published_collision_rate": final["collision_rate"],
-            "utilisation": [layer["utilisation"] for layer in layers], "gate_config": GateConfig().model_dump()}
+            "utilisation": [layer["utilisation"] for layer in layers], "gate_config": GateConfig().model_dump(), **health}
+
+
+HEALTH_SAMPLE = 20_000
+
+
+def fit_health(tok, X: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """Whether the fitted network reconstructs anything: its error on a sample of the items relative to the
+    error of predicting their mean (near 1: a dead network whose codes partition nothing useful, as the
+    session-4 1M run was), and how many epochs its rollback guard discarded."""
+    rows = np.random.default_rng(seed).choice(len(X), min(HEALTH_SAMPLE, len(X)), replace=False)
+    sample = np.asarray(X[np.sort(rows)], dtype=np.float32)
+    mean_error = float(((sample - sample.mean(0)) ** 2).sum(1).mean())
+    return {"recon_vs_mean": tok.reconstruction_error(sample) / mean_error,
+            "rolled_back_epochs": sum(1 for h in tok.history if h.get("rolled_back"))}
 
 
 def run_gates(ids: np.ndarray, X: np.ndarray | None, report: dict, real: bool) -> bool:
@@ -270,12 +285,14 @@ def published_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                      "pruned": ("-" if res["gate_before"] else f"K={res['k']}" + (", layer 2 dropped" if res["dropped"] else "")),
                      "gate_after": _yes(res["gate_after"]), "published": "yes" if res["published"] else "NO",
                      "pub_gini": res["published_layer2_gini"], "pub_collisions": res["published_collision_rate"],
+                     "recon": res.get("recon_vs_mean"), "rolled_back": res.get("rolled_back_epochs"),
                      "total_s": res["total_s"], "peak_gb": res["peak_rss_mb"] / 1024})
     return rows
 
 
 PUBLISHED_COLUMNS = [("items", "items", ""), ("code space (rule)", "code space", ""),
-                     ("fitted on", "fit_items", ",d"), ("levels tried: collision rate", "tries", ""),
+                     ("fitted on", "fit_items", ",d"), ("error / mean's", "recon", ".3f"),
+                     ("epochs rolled back", "rolled_back", ""), ("levels tried: collision rate", "tries", ""),
                      ("Gini L1 / L2 / ...", "gini", ""), ("max share", "max_share", ".3f"),
                      ("collision rate", "collisions", ".4f"), ("gate", "gate", ""), ("pruning", "pruned", ""),
                      ("gate after pruning", "gate_after", ""), ("published", "published", ""),
