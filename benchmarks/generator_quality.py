@@ -357,15 +357,21 @@ def markdown(result: dict) -> str:
         "",
         "Per seed (test, all users):",
         "",
-        "| model | seed | Recall@10 | NDCG@10 | best epoch | valid R@10 | train min | load at end |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| model | seed | Recall@10 | NDCG@10 | before the refit: R@10 / N@10 | best epoch | valid R@10 | train min | load at end |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, r in result["models"].items():
         for s in r.get("seeds", []):
+            before = (s.get("test_before_refit") or {}).get("all")
             lines.append(
                 f"| {name} | {s['seed']} | {s['test']['all']['recall@10']:.4f} | {s['test']['all']['ndcg@10']:.4f} | "
-                f"{s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} | {s['load_avg_end']} |"
+                + (f"{before['recall@10']:.4f} / {before['ndcg@10']:.4f}" if before else "no refit")
+                + f" | {s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} | {s['load_avg_end']} |"
             )
+    refits = [s for r in result["models"].values() for s in r.get("seeds", []) if s.get("test_before_refit")]
+    if refits:
+        lines += ["", "Refit: after early stopping, each model was retrained for its best epoch count with the validation "
+                  "targets as training targets too; 'before the refit' is the early-stopped model on the same test users."]
     sids = result["sids"]
     lines += [
         "",
