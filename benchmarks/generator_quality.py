@@ -357,7 +357,8 @@ def markdown(result: dict) -> str:
         "",
         "Per seed (test, all users):",
         "",
-        "| model | seed | Recall@10 | NDCG@10 | before the refit: R@10 / N@10 | best epoch | valid R@10 | train min | load at end |",
+        "| model | seed | Recall@10 | NDCG@10 | before the refit: R@10 / N@10 | best epoch | valid R@10 | train min "
+        "| load at end |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, r in result["models"].items():
@@ -366,7 +367,8 @@ def markdown(result: dict) -> str:
             lines.append(
                 f"| {name} | {s['seed']} | {s['test']['all']['recall@10']:.4f} | {s['test']['all']['ndcg@10']:.4f} | "
                 + (f"{before['recall@10']:.4f} / {before['ndcg@10']:.4f}" if before else "no refit")
-                + f" | {s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} | {s['load_avg_end']} |"
+                + f" | {s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} "
+                f"| {s['load_avg_end']} |"
             )
     refits = [s for r in result["models"].values() for s in r.get("seeds", []) if s.get("test_before_refit")]
     if refits:

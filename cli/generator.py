@@ -91,7 +91,8 @@ def run_train(args) -> int:
     save_generator(args.out, trained)
     print(f"best validation epoch {trained.best.get('epoch')}: {json.dumps(trained.best.get('valid'))}")
     if trained.stats.get("refit", {}).get("done"):
-        print(f"refitted on train + validation targets for {trained.stats['refit']['epochs']} epochs: the test figures are the refit's")
+        epochs = trained.stats["refit"]["epochs"]
+        print(f"refitted on train + validation targets for {epochs} epochs: the test figures are the refit's")
     print(f"training {trained.stats['train_seconds']} s, {trained.stats['samples_per_s']} samples/s; saved to {args.out}")
     print(format_table({"generator" + (" (query)" if cfg.generator.use_query else ""): metrics}))
     return 0

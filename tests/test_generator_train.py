@@ -16,7 +16,14 @@ import cli.generator as cli
 from rqsid import RqsidError
 from rqsid.config import GeneratorConfig
 from rqsid.generator.data import SidVocab, sequences_from_interactions
-from rqsid.generator.train import evaluate_split, load_generator, refit_fits, save_generator, selection_out_of_time, train_generator
+from rqsid.generator.train import (
+    evaluate_split,
+    load_generator,
+    refit_fits,
+    save_generator,
+    selection_out_of_time,
+    train_generator,
+)
 from rqsid.quantize.base import torch_threads
 from rqsid.schema import INTERACTIONS_SCHEMA
 from rqsid.sids import assign_sids, write_sids
