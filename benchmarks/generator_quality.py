@@ -173,9 +173,7 @@ def run_job(args) -> dict:
         beam_s = time.perf_counter() - t1
         selected = None
         if trained.selected_model is not None:  # the refit replaced it: its test figure shows what the refit gained
-            final, trained.model = trained.model, trained.selected_model
-            selected, _ = evaluate_split(trained, seqs, "test", head)
-            trained.model = final
+            selected, _ = evaluate_split(trained.selection(), seqs, "test", head)
         out = {
             "test_before_refit": selected,
             "refit": trained.stats.get("refit"),
@@ -370,8 +368,7 @@ def markdown(result: dict) -> str:
                 + f" | {s['best_epoch']} | {s['best_valid']['recall@10']:.4f} | {s['train_seconds'] / 60:.1f} "
                 f"| {s['load_avg_end']} |"
             )
-    refits = [s for r in result["models"].values() for s in r.get("seeds", []) if s.get("test_before_refit")]
-    if refits:
+    if any(s.get("test_before_refit") for r in result["models"].values() for s in r.get("seeds", [])):
         lines += ["", "Refit: after early stopping, each model was retrained for its best epoch count with the validation "
                   "targets as training targets too; 'before the refit' is the early-stopped model on the same test users."]
     sids = result["sids"]

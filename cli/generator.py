@@ -119,8 +119,7 @@ def run_evaluate(args) -> int:
 
     vocab = SidVocab.from_sid_table(load_sids(args.sids, id_offset=args.id_offset))
     trained = load_generator(args.model, vocab)
-    if args.split == "valid" and trained.selected_model is not None:  # the refit trained on the validation targets
-        trained = trained.selection()
+    if args.split == "valid" and trained.selected_model is not None:  # evaluate_split answers with the selection model
         print("valid split: the model chosen on validation before the refit (the refit has trained on these targets)")
     _, seqs, head = _load_inputs(args, trained.cfg.use_query, trained.cfg.seed, config_from(args).embed)
     metrics, _ = evaluate_split(trained, seqs, args.split, head, beam_size=args.beam_size, progress=not args.no_progress)

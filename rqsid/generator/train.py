@@ -68,7 +68,10 @@ def evaluate_split(
     beam_size: int | None = None,
     progress: bool = False,
 ) -> tuple[dict, np.ndarray]:
-    """Metrics ({"all", "head", "tail"} -> Recall/NDCG@5/10) and the top-10 item rows per user."""
+    """Metrics ({"all", "head", "tail"} -> Recall/NDCG@5/10) and the top-10 item rows per user. The valid split
+    is always answered by the model chosen on it (`selection`): a refit has trained on its targets."""
+    if split == "valid":
+        trained = trained.selection()
     cfg = trained.cfg
     users = np.arange(seqs.n_users) if users is None else users
     batch = eval_batch(seqs, users, split, cfg.max_history, trained.buckets(seqs))
