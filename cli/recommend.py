@@ -18,7 +18,7 @@ def register(subparsers) -> None:
         description="Recommend the next items for a user history (item ids, oldest first) with the catalog's "
         "registered champion, decoded with the index it serves; print them with their titles. A search model "
         "also takes --query, embedded with the catalog's text model. History items the index does not know are "
-        "skipped and counted.",
+        "skipped and counted; the history's own items are not recommended back (--include-history allows them).",
     )
     p.add_argument("--catalog", default="demo", help="catalog name (or source path) whose champion serves (default: demo)")
     p.add_argument("--model", metavar="PATH|URI",
@@ -33,6 +33,8 @@ def register(subparsers) -> None:
                    "<input stem>.recommendations.jsonl beside the input)")
     p.add_argument("--k", type=int, default=10, help="items per answer (default 10)")
     p.add_argument("--beam-size", type=int, help="default: the model's generator.beam_size (at least k)")
+    p.add_argument("--include-history", action="store_true",
+                   help="let an answer contain items of its own history (by default they are left out)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     add_config_flags(p)  # orchestration.mlflow_tracking_uri: the registry to read the champion from
     p.set_defaults(func=cmd_recommend)
@@ -45,7 +47,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         return _answer_file(args, bundle, retriever, source)
     started = time.perf_counter()
     (answer,) = retriever.recommend([args.history], k=args.k, queries=[args.query] if args.query else None,
-                                    beam_size=args.beam_size)
+                                    beam_size=args.beam_size, exclude_history=not args.include_history)
     elapsed = time.perf_counter() - started
     titles = bundle.title_of(answer.item_ids)
     if args.json:
@@ -101,7 +103,8 @@ def _answer_file(args: argparse.Namespace, bundle, retriever, source: str) -> in
     histories = [[str(i) for i in h] if h is not None else [] for h in frame["history"]]
     queries = frame["query"].where(frame["query"].notna(), None).tolist() if "query" in frame.columns else None
     started = time.perf_counter()
-    answers = retriever.recommend(histories, k=args.k, queries=queries, beam_size=args.beam_size)
+    answers = retriever.recommend(histories, k=args.k, queries=queries, beam_size=args.beam_size,
+                                  exclude_history=not args.include_history)
     elapsed = time.perf_counter() - started
     rows = pd.DataFrame([{**a.as_dict(), "titles": bundle.title_of(a.item_ids)} for a in answers])
     if "user_id" in frame.columns:

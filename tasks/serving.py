@@ -3,8 +3,9 @@ signature, building a bundle from an index version, loading the registered champ
 A process that loads the model imports this module: it imports no Prefect (which would want a home).
 
 Request (pyfunc `predict`, or `POST /invocations` of `mlflow models serve`): a DataFrame with a column
-`history` (item ids, oldest first) and, for a search model, `query` (text); params `k` (default 10) and
-`beam_size` (0 = the model's). Response: one row per request with `item_ids`, `titles`, `scores`
+`history` (item ids, oldest first) and, for a search model, `query` (text); params `k` (default 10),
+`beam_size` (0 = the model's) and `exclude_history` (default true: no item of the request's own history is
+recommended back). Response: one row per request with `item_ids`, `titles`, `scores`
 (log-probabilities, best first), `sids`, `unknown_history_items` (skipped) and `note`.
 """
 
@@ -55,7 +56,8 @@ def signature():
         ColSpec(Array(DataType.double), "scores"), ColSpec(Array(DataType.string), "sids"),
         ColSpec(DataType.long, "unknown_history_items"), ColSpec(DataType.string, "note"),
     ])
-    params = ParamSchema([ParamSpec("k", DataType.long, 10), ParamSpec("beam_size", DataType.long, 0)])
+    params = ParamSchema([ParamSpec("k", DataType.long, 10), ParamSpec("beam_size", DataType.long, 0),
+                          ParamSpec("exclude_history", DataType.boolean, True)])
     return ModelSignature(inputs, outputs, params)
 
 
@@ -78,7 +80,8 @@ class RetrieverModel(mlflow.pyfunc.PythonModel):
             queries = [q if isinstance(q, str) else None for q in model_input["query"]]
         try:
             answers = self.retriever.recommend(histories, k=int(params.get("k") or 10), queries=queries,
-                                               beam_size=int(params.get("beam_size") or 0) or None)
+                                               beam_size=int(params.get("beam_size") or 0) or None,
+                                               exclude_history=bool(params.get("exclude_history", True)))
         except RqsidError as err:  # a bad request, not a server fault: HTTP 400 when served
             raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame({

@@ -3,6 +3,8 @@ serving a newer SID table (new items recommendable before a retrain; changed SID
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -69,6 +71,34 @@ def test_a_batch_answers_exactly_like_single_requests(trained):
     single = [retriever.recommend([h], k=10)[0] for h in histories]
     assert [a.item_ids for a in batch] == [a.item_ids for a in single]
     np.testing.assert_allclose([a.scores for a in batch], [a.scores for a in single], rtol=1e-4, atol=1e-5)
+
+
+def test_no_answer_repeats_its_own_history_unless_asked(trained):
+    _, model = trained
+    retriever = Retriever(model)
+    starts = np.arange(0, N_ITEMS, 9)
+    # each history ends a, next(a); the item the pattern predicts, next(next(a)), was already bought first
+    histories = [[f"it{int(next_item(next_item(np.array(s))))}", f"it{s}", f"it{int(next_item(np.array(s)))}"] for s in starts]
+    repeated = retriever.recommend(histories, k=5, exclude_history=False)
+    assert np.mean([a.item_ids[0] == h[0] for a, h in zip(repeated, histories, strict=True)]) >= 0.9
+    answers = retriever.recommend(histories, k=5)
+    assert all(len(a.item_ids) == 5 and not set(a.item_ids) & set(h) for a, h in zip(answers, histories, strict=True))
+    # the answers are the repeated ones with the history taken out, in the same order
+    for with_history, without in zip(repeated, answers, strict=True):
+        kept = [i for i in with_history.item_ids if i in without.item_ids]
+        assert kept == without.item_ids[: len(kept)] and len(kept) >= 2
+
+
+def test_leaving_the_history_out_widens_the_beam_rather_than_answer_short(trained):
+    _, model = trained
+    history = [f"it{i}" for i in range(0, 30, 2)]  # 15 items
+    k = N_ITEMS - len(history)
+    # beam-only candidates: a beam of k items almost surely holds some of the history, so a first pass comes up short
+    beam_only = replace(model, cfg=model.cfg.model_copy(update={"candidates": "beam", "rank_mix": 0.0}))
+    for ranking in (model, beam_only):
+        (answer,) = Retriever(ranking).recommend([history], k=k, beam_size=k)
+        assert len(answer.item_ids) == k and set(answer.item_ids) == {f"it{i}" for i in range(N_ITEMS)} - set(history)
+        assert answer.scores == sorted(answer.scores, reverse=True)
 
 
 def test_unknown_history_items_are_skipped_and_counted_empty_history_is_an_error(trained):

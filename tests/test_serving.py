@@ -57,12 +57,14 @@ def registry(tmp_path_factory):
     tracker.promote(NAME, version)
     with torch_threads(1):
         expected = bundle.retriever().recommend(HISTORIES, k=5)
-    yield home, tracker, version, expected
+        expected_with_history = bundle.retriever().recommend(HISTORIES, k=5, exclude_history=False)
+    assert not any(set(e.item_ids) & set(h) for e, h in zip(expected, HISTORIES, strict=True))
+    yield home, tracker, version, (expected, expected_with_history)
     mlflow.set_tracking_uri(ProjectHome.default().mlflow_uri)  # back to the session's store
 
 
 def test_the_champion_predicts_in_a_fresh_process(registry):
-    home, _, version, expected = registry
+    home, _, version, (expected, _) = registry
     env = {**os.environ, **home.environment(), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", PREDICT, f"models:/{NAME}@champion", json.dumps(HISTORIES)],
                           capture_output=True, text=True, timeout=300, env=env)
@@ -82,7 +84,7 @@ def test_the_registered_model_has_a_signature_and_its_index_in_metadata_and_tags
     home, tracker, version, _ = registry
     info = mlflow.models.get_model_info(f"models:/{NAME}/{version}")
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["history", "query"]
-    assert {p.name: p.default for p in info.signature.params} == {"k": 10, "beam_size": 0}
+    assert {p.name: p.default for p in info.signature.params} == {"k": 10, "beam_size": 0, "exclude_history": True}
     assert "item_ids" in info.signature.outputs.input_names()
     assert info.metadata["rqsid.trained_index_version"] == "index-toy"
     champion = champion_of(tracker, NAME)
@@ -102,7 +104,7 @@ def _post(url: str, body: dict) -> tuple[int, dict | str]:
 
 
 def test_mlflow_models_serve_answers_invocations_and_frees_its_port(registry):
-    home, _, _, expected = registry
+    home, _, _, (expected, expected_with_history) = registry
     port = free_port()
     server = start_model_server(home, f"models:/{NAME}@champion", port)
     try:
@@ -112,6 +114,9 @@ def test_mlflow_models_serve_answers_invocations_and_frees_its_port(registry):
         assert [a["item_ids"] for a in answers] == [e.item_ids for e in expected]
         assert [a["unknown_history_items"] for a in answers] == [0, 1, 0]
         assert answers[2]["titles"][0] == f"Toy {expected[2].item_ids[0]}"
+        body = {"dataframe_records": [{"history": h} for h in HISTORIES], "params": {"k": 5, "exclude_history": False}}
+        status, body = _post(server.url, body)
+        assert status == 200 and [a["item_ids"] for a in body["predictions"]] == [e.item_ids for e in expected_with_history]
         status, body = _post(server.url, {"dataframe_records": [{"history": []}]})
         assert status == 400 and "empty" in body  # a bad request, said so
     finally:

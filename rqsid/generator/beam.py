@@ -135,16 +135,18 @@ def rank_items(
     top_k: int = 10,
     rank_mix: float = 0.0,
     candidates: str = "beam",
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items per user: the beam's complete SIDs (plus, with candidates="union", the items the
     item-level head scores highest), ranked by SID log-probability + rank_mix * item log-probability.
+    `exclude` (B, L) holds item rows (-1 padded) a user's answer must leave out (e.g. their history).
     Returns items (B, k), -1 where fewer were found, and their scores."""
     B = history.shape[0]
     context = model.context(model.encode(history, users)[torch.arange(B), lengths - 1], query)
     start = model.head_start(context)
     items, sid_scores, _ = beam_from_start(model, trie, start, beam_size)
     if rank_mix == 0 and candidates == "beam":
-        return items[:, :top_k], sid_scores[:, :top_k]
+        return _best(items, sid_scores, top_k, exclude)
     item_logp = torch.log_softmax(model.item_logits(context), dim=-1)
     if candidates == "union":
         extra = item_logp.topk(beam_size, dim=1).indices  # (B, beam)
@@ -154,9 +156,16 @@ def rank_items(
         items = np.where(_repeated_in_row(items), -1, items)
     safe = torch.from_numpy(np.maximum(items, 0))
     total = torch.from_numpy(sid_scores).float() + rank_mix * item_logp.gather(1, safe)
-    total = total.masked_fill(torch.from_numpy(items < 0), NEG_INF).numpy()
+    return _best(items, total.numpy(), top_k, exclude)
+
+
+def _best(items: np.ndarray, total: np.ndarray, top_k: int, exclude: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The top_k candidates of each row by score, leaving out -1 and excluded items (-1 where fewer remain)."""
+    if exclude is not None:
+        items = np.where((items[:, :, None] == exclude[:, None, :]).any(axis=2), -1, items)
+    total = np.where(items < 0, NEG_INF, total)
     order = np.argsort(-total, axis=1, kind="stable")[:, :top_k]
-    rows = np.arange(B)[:, None]
+    rows = np.arange(len(items))[:, None]
     items, total = items[rows, order], total[rows, order]
     items[~np.isfinite(total)] = -1
     return items, total

@@ -69,9 +69,12 @@ class Retriever:
         queries: Sequence[str | None] | None = None,
         beam_size: int | None = None,
         batch_size: int = 1024,
+        exclude_history: bool = True,
     ) -> list[Recommendation]:
         """Top-k items for each history (item ids in time order, oldest first). Unknown history items
-        are skipped and counted; a history with no known item gets an empty answer and a note."""
+        are skipped and counted; a history with no known item gets an empty answer and a note. With
+        `exclude_history` (the default) no answer repeats an item of its own history; where leaving them
+        out cuts an answer short of k, that user's beam widens by their history's length."""
         if k < 1:
             raise RqsidError(f"k must be at least 1, not {k}")
         empty = [i for i, h in enumerate(histories) if len(h) == 0]
@@ -93,26 +96,31 @@ class Retriever:
         with torch_threads(self.threads):
             for start in range(0, len(known), batch_size):
                 users = known[start : start + batch_size]
-                history, lengths = _left_aligned([rows[u] for u in users], cfg.max_history)
-                query = torch.from_numpy(query_vectors[users]) if query_vectors is not None else None
-                items, scores = rank_items(
-                    self.trained.model,
-                    self.trained.trie,
-                    torch.from_numpy(history),
-                    torch.from_numpy(lengths),
-                    None,
-                    query,
-                    beam,
-                    k,
-                    cfg.rank_mix,
-                    cfg.candidates,
-                )
-                for u, item_row, score_row in zip(users, items, scores, strict=False):
+                seen = [np.unique(rows[u]) if exclude_history else np.zeros(0, dtype=np.int64) for u in users]
+                items, scores = self._rank(users, rows, seen, query_vectors, beam, k)
+                # leaving the history out can cut an answer short: widen such a user's beam by what was left
+                # out (grouped by that width, so that a user's answer never depends on the rest of the batch)
+                left_out = np.array([len(s) for s in seen])
+                short = (items >= 0).sum(axis=1) < np.minimum(k, self.vocab.n_items - left_out)
+                for width in np.unique(left_out[short]):
+                    group = np.flatnonzero(short & (left_out == width))
+                    again = self._rank(users[group], rows, [seen[i] for i in group], query_vectors, beam + int(width), k)
+                    items[group], scores[group] = again
+                for u, item_row, score_row in zip(users, items, scores, strict=True):
                     found = item_row >= 0
                     answers[u].item_ids = self.vocab.item_ids[item_row[found]].astype(str).tolist()
                     answers[u].scores = [round(float(s), 5) for s in score_row[found]]
                     answers[u].sids = self.sid_text()[item_row[found]].tolist()
         return answers
+
+    def _rank(self, users, rows, seen, query_vectors, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """rank_items for a group of users: (len(users), k) item rows (-1 where fewer) and scores."""
+        cfg = self.trained.cfg
+        history, lengths = _left_aligned([rows[u] for u in users], cfg.max_history)
+        exclude, _ = _left_aligned(seen, max(max(len(s) for s in seen), 1))
+        query = torch.from_numpy(query_vectors[users]) if query_vectors is not None else None
+        return rank_items(self.trained.model, self.trained.trie, torch.from_numpy(history), torch.from_numpy(lengths),
+                          None, query, beam, k, cfg.rank_mix, cfg.candidates, exclude)
 
     def sid_text(self) -> np.ndarray:
         if self._sid_text is None:
