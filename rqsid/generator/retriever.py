@@ -96,16 +96,10 @@ class Retriever:
         with torch_threads(self.threads):
             for start in range(0, len(known), batch_size):
                 users = known[start : start + batch_size]
-                seen = [np.unique(rows[u]) if exclude_history else np.zeros(0, dtype=np.int64) for u in users]
-                items, scores = self._rank(users, rows, seen, query_vectors, beam, k)
-                # leaving the history out can cut an answer short: widen such a user's beam by what was left
-                # out (grouped by that width, so that a user's answer never depends on the rest of the batch)
-                left_out = np.array([len(s) for s in seen])
-                short = (items >= 0).sum(axis=1) < np.minimum(k, self.vocab.n_items - left_out)
-                for width in np.unique(left_out[short]):
-                    group = np.flatnonzero(short & (left_out == width))
-                    again = self._rank(users[group], rows, [seen[i] for i in group], query_vectors, beam + int(width), k)
-                    items[group], scores[group] = again
+                if exclude_history:
+                    items, scores = self._rank_leaving_out_history(users, rows, query_vectors, beam, k)
+                else:
+                    items, scores = self._rank(users, rows, None, query_vectors, beam, k)
                 for u, item_row, score_row in zip(users, items, scores, strict=True):
                     found = item_row >= 0
                     answers[u].item_ids = self.vocab.item_ids[item_row[found]].astype(str).tolist()
@@ -113,11 +107,26 @@ class Retriever:
                     answers[u].sids = self.sid_text()[item_row[found]].tolist()
         return answers
 
+    def _rank_leaving_out_history(self, users, rows, query_vectors, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """_rank with each user's history items left out. That can cut an answer short: such a user is ranked
+        again with the beam widened by what was left out (grouped by that width, so that a user's answer never
+        depends on the rest of the batch)."""
+        seen = [np.unique(rows[u]) for u in users]
+        items, scores = self._rank(users, rows, seen, query_vectors, beam, k)
+        left_out = np.array([len(s) for s in seen])
+        short = (items >= 0).sum(axis=1) < np.minimum(k, self.vocab.n_items - left_out)
+        for width in np.unique(left_out[short]):
+            group = np.flatnonzero(short & (left_out == width))
+            items[group], scores[group] = self._rank(users[group], rows, [seen[i] for i in group], query_vectors,
+                                                     beam + int(width), k)
+        return items, scores
+
     def _rank(self, users, rows, seen, query_vectors, beam: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """rank_items for a group of users: (len(users), k) item rows (-1 where fewer) and scores."""
+        """rank_items for a group of users, leaving out the item rows of `seen` (one array per user) if given:
+        (len(users), k) item rows (-1 where fewer) and scores."""
         cfg = self.trained.cfg
         history, lengths = _left_aligned([rows[u] for u in users], cfg.max_history)
-        exclude, _ = _left_aligned(seen, max(max(len(s) for s in seen), 1))
+        exclude = _left_aligned(seen, max(len(s) for s in seen))[0] if seen is not None else None
         query = torch.from_numpy(query_vectors[users]) if query_vectors is not None else None
         return rank_items(self.trained.model, self.trained.trie, torch.from_numpy(history), torch.from_numpy(lengths),
                           None, query, beam, k, cfg.rank_mix, cfg.candidates, exclude)
